@@ -1,0 +1,22 @@
+//! raster-edge: a caching, rate-limiting gateway for the Raster REST API, built on Pingora.
+//!
+//! Read the request path top-down: [`edge`] (authentication and version checks, key id) →
+//! [`ratelimit`] (per-key GCRA) → [`cache`] (pingora-cache on a moka store, invalidation) →
+//! [`upstream`] (the origin peer) → [`gateway`] (the `ProxyHttp` impl that strings these
+//! together and writes the response) → [`access_log`] and [`metrics`]. [`config`] turns the
+//! TOML file into validated [`config::Settings`]; [`server`] builds the Pingora server from them;
+//! [`admin`] serves health, metrics and purge on a separate listener. [`mock`] is the Raster API
+//! simulator behind the `raster-mock` binary.
+
+pub mod access_log;
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod edge;
+pub mod errors;
+pub mod gateway;
+pub mod metrics;
+pub mod mock;
+pub mod ratelimit;
+pub mod server;
+pub mod upstream;

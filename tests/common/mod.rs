@@ -1,0 +1,342 @@
+//! Shared integration-test harness: a port registry, child processes that die with the test,
+//! and one-call starters for the real binaries (`raster-mock`, `raster-edge`) and a private
+//! `redis-server`. Every server binds an ephemeral loopback port; nothing uses well-known ports.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback port that was free a moment ago and that this test process has not handed out
+/// before (two tests running in parallel must not be given the same port).
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process that is killed when the test lets go of it (also when the test panics).
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let quiet = std::env::var_os("RASTER_TEST_VERBOSE").is_none();
+        if quiet {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal by number (15 = SIGTERM, 19 = SIGSTOP, 18 = SIGCONT, 9 = SIGKILL).
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", self.name);
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn mock_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raster-mock"))
+}
+
+pub fn edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raster-edge"))
+}
+
+/// A running `raster-mock` on an ephemeral port.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        Mock::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Mock {
+        let addr = free_addr();
+        let mut cmd = Command::new(mock_bin());
+        cmd.arg("--listen").arg(addr.to_string()).args(args);
+        let proc = Proc::spawn("raster-mock", cmd);
+        assert!(
+            wait_for_port(addr, Duration::from_secs(15)),
+            "raster-mock did not listen on {addr}"
+        );
+        Mock { addr, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Number of API requests the mock has received (control calls excluded).
+    pub async fn requests(&self) -> u64 {
+        let v: serde_json::Value = client()
+            .get(format!("{}/__mock/stats", self.url()))
+            .send()
+            .await
+            .expect("mock stats")
+            .json()
+            .await
+            .expect("mock stats json");
+        v["data"]["requests"].as_u64().expect("data.requests")
+    }
+
+    pub async fn reset(&self) {
+        let r = client()
+            .post(format!("{}/__mock/reset", self.url()))
+            .send()
+            .await
+            .expect("mock reset");
+        assert!(r.status().is_success());
+    }
+
+    pub async fn configure(&self, json: serde_json::Value) {
+        let r = client()
+            .put(format!("{}/__mock/config", self.url()))
+            .json(&json)
+            .send()
+            .await
+            .expect("mock config");
+        assert!(r.status().is_success(), "mock config: {}", r.status());
+    }
+}
+
+/// A running `raster-edge` with its own config file, proxy and admin ports.
+pub struct Edge {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl Edge {
+    /// Starts the gateway in front of `upstream` with `toml` as its config file (the listen
+    /// addresses and upstream come from the CLI flags, which override the file).
+    pub fn start(upstream: &str, toml: &str) -> Edge {
+        Edge::try_start(upstream, toml).expect("raster-edge did not become ready")
+    }
+
+    pub fn try_start(upstream: &str, toml: &str) -> Option<Edge> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("raster-edge.toml");
+        std::fs::File::create(&config)
+            .and_then(|mut f| f.write_all(toml.as_bytes()))
+            .expect("write config");
+        let addr = free_addr();
+        let admin = free_addr();
+        let mut cmd = Command::new(edge_bin());
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--upstream")
+            .arg(upstream)
+            .env("RASTER_EDGE_RUNTIME_DIR", dir.path());
+        let mut proc = Proc::spawn("raster-edge", cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(
+                    b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                );
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                if buf.starts_with(b"HTTP/1.1 200") {
+                    return Some(Edge {
+                        addr,
+                        admin,
+                        proc,
+                        dir,
+                    });
+                }
+            }
+            if proc.wait_exit(Duration::from_millis(50)).is_some() {
+                return None;
+            }
+        }
+        None
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The Prometheus exposition from the admin listener.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` pairs).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            if all {
+                value.parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
+        .sum()
+}
+
+/// A private `redis-server` on an ephemeral port, killed with the test.
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        let proc = Proc::spawn("redis-server", cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "redis-server did not listen on {port}"
+        );
+        Redis { port, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("reqwest client")
+}
+
+/// Standard headers of a Raster read with the `demo-read` key.
+pub fn auth(key: &str) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    h.insert("api-version", "2026-05-20".parse().expect("header"));
+    h
+}
