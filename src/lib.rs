@@ -18,5 +18,6 @@ pub mod gateway;
 pub mod metrics;
 pub mod mock;
 pub mod ratelimit;
+pub mod routes;
 pub mod server;
 pub mod upstream;

@@ -1,1 +1,202 @@
-//! metrics (to be written)
+//! Every Prometheus metric the gateway exports: the names as constants (one place to grep, the
+//! sozu way), their registration on the default registry, and label values that are bounded by
+//! construction (method, status class, cache status, route name, tier — never a key or key id).
+//! Units are in the names (`_seconds`, `_bytes`, `_total`).
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    TextEncoder,
+};
+
+pub const REQUESTS_TOTAL: &str = "raster_edge_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "raster_edge_request_duration_seconds";
+pub const UPSTREAM_DURATION_SECONDS: &str = "raster_edge_upstream_duration_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "raster_edge_upstream_errors_total";
+pub const EDGE_REJECTIONS_TOTAL: &str = "raster_edge_edge_rejections_total";
+pub const CACHE_LOOKUPS_TOTAL: &str = "raster_edge_cache_lookups_total";
+pub const CACHE_ENTRIES: &str = "raster_edge_cache_entries";
+pub const CACHE_BYTES: &str = "raster_edge_cache_bytes";
+pub const CACHE_EVICTIONS_TOTAL: &str = "raster_edge_cache_evictions_total";
+pub const CACHE_INVALIDATIONS_TOTAL: &str = "raster_edge_cache_invalidations_total";
+pub const CACHE_STORE_REJECTIONS_TOTAL: &str = "raster_edge_cache_store_rejections_total";
+pub const RATELIMIT_DECISIONS_TOTAL: &str = "raster_edge_ratelimit_decisions_total";
+pub const RATELIMIT_FALLBACK_ACTIVE: &str = "raster_edge_ratelimit_fallback_active";
+pub const RATELIMIT_FALLBACKS_TOTAL: &str = "raster_edge_ratelimit_fallbacks_total";
+pub const RATELIMIT_TRACKED_KEYS: &str = "raster_edge_ratelimit_tracked_keys";
+pub const REDIS_ERRORS_TOTAL: &str = "raster_edge_redis_errors_total";
+pub const BUILD_INFO: &str = "raster_edge_build_info";
+pub const READY: &str = "raster_edge_ready";
+
+/// Latency buckets from 50µs to 30s: hits are sub-millisecond, origin calls are not.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub edge_rejections: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_evictions: IntCounterVec,
+    pub cache_invalidations: IntCounterVec,
+    pub cache_store_rejections: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_fallback_active: IntGauge,
+    pub ratelimit_fallbacks: IntCounterVec,
+    pub ratelimit_tracked_keys: IntGauge,
+    pub redis_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub ready: Gauge,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            REQUESTS_TOTAL,
+            "Requests answered, by method, status class, cache status and route",
+            &["method", "status", "cache", "route"]
+        )?,
+        request_duration: register_histogram_vec!(
+            REQUEST_DURATION_SECONDS,
+            "Time from request start to the end of the response, by route and cache status",
+            &["route", "cache"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_duration: register_histogram_vec!(
+            UPSTREAM_DURATION_SECONDS,
+            "Time to the upstream response header, by route",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_errors: register_int_counter_vec!(
+            UPSTREAM_ERRORS_TOTAL,
+            "Upstream failures by kind (connect, timeout, tls, closed, dns, other)",
+            &["kind"]
+        )?,
+        edge_rejections: register_int_counter_vec!(
+            EDGE_REJECTIONS_TOTAL,
+            "Requests refused at the edge, by error code",
+            &["code"]
+        )?,
+        cache_lookups: register_int_counter_vec!(
+            CACHE_LOOKUPS_TOTAL,
+            "Cache lookups by result (hit, miss, stale, revalidated, bypass, coalesced) and route",
+            &["result", "route"]
+        )?,
+        cache_entries: register_int_gauge!(CACHE_ENTRIES, "Objects in the cache")?,
+        cache_bytes: register_int_gauge!(CACHE_BYTES, "Bytes held by the cache (headers + bodies)")?,
+        cache_evictions: register_int_counter_vec!(
+            CACHE_EVICTIONS_TOTAL,
+            "Cache evictions by cause (size, expired, explicit, replaced)",
+            &["cause"]
+        )?,
+        cache_invalidations: register_int_counter_vec!(
+            CACHE_INVALIDATIONS_TOTAL,
+            "Scope and URL invalidations by reason (write, location, purge, fleet)",
+            &["reason"]
+        )?,
+        cache_store_rejections: register_int_counter_vec!(
+            CACHE_STORE_REJECTIONS_TOTAL,
+            "Responses not stored, by reason",
+            &["reason"]
+        )?,
+        ratelimit_decisions: register_int_counter_vec!(
+            RATELIMIT_DECISIONS_TOTAL,
+            "Rate-limit decisions by result (allowed, limited, shadow_limited) and tier",
+            &["result", "tier"]
+        )?,
+        ratelimit_fallback_active: register_int_gauge!(
+            RATELIMIT_FALLBACK_ACTIVE,
+            "1 while the Redis rate-limit backend is unreachable and the fallback policy decides"
+        )?,
+        ratelimit_fallbacks: register_int_counter_vec!(
+            RATELIMIT_FALLBACKS_TOTAL,
+            "Decisions made by the fallback policy because Redis failed, by policy",
+            &["policy"]
+        )?,
+        ratelimit_tracked_keys: register_int_gauge!(
+            RATELIMIT_TRACKED_KEYS,
+            "Keys tracked by the in-process rate limiter"
+        )?,
+        redis_errors: register_int_counter_vec!(
+            REDIS_ERRORS_TOTAL,
+            "Redis errors by operation and kind",
+            &["op", "kind"]
+        )?,
+        build_info: register_int_gauge_vec!(
+            BUILD_INFO,
+            "Always 1; the version label says which build runs",
+            &["version"]
+        )?,
+        ready: register_gauge!(READY, "1 once every listener is up")?,
+    };
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Ok(m)
+}
+
+/// The process-wide metrics. Registration can only fail on a duplicate name, which is a
+/// programming error caught by the first test that touches metrics.
+pub static METRICS: Lazy<Metrics> =
+    Lazy::new(|| build().unwrap_or_else(|e| panic!("metric registration: {e}")));
+
+/// `2xx`, `4xx`… for the status label (bounded, unlike the raw status).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// Bounded method label: the standard methods, everything else is `other`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> Vec<u8> {
+    Lazy::force(&METRICS);
+    let mut out = Vec::with_capacity(16 * 1024);
+    let families = prometheus::gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_prefixed_and_registered() {
+        METRICS.requests.with_label_values(&["GET", "2xx", "HIT", "assets"]).inc();
+        let text = String::from_utf8(render()).unwrap();
+        assert!(text.contains(REQUESTS_TOTAL));
+        assert!(text.contains(BUILD_INFO));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("raster_edge_"), "{line}");
+        }
+    }
+}
