@@ -1,0 +1,308 @@
+//! Fleet-wide limits: the same GCRA as [`super::gcra`], run atomically inside Redis by one Lua
+//! script per decision (EVALSHA; the `redis` crate reloads the script on NOSCRIPT, e.g. after a
+//! Redis restart).
+//!
+//! Key layout: `{prefix}:rl:{<key id, 32 hex>}` for API keys and `{prefix}:rl:ip:{<address>}` for
+//! client IPs. The braces are a Redis Cluster hash tag, so a subject's key always lives on one
+//! slot. The value is the subject's TAT in microseconds of Redis server time (`TIME`, read inside
+//! the script, so gateways with skewed clocks agree); the key expires (`PX`) when the TAT is
+//! reached, which is exactly when it stops mattering.
+//!
+//! Every call is bounded by `redis.timeout` (connection wait included). The connection is made
+//! in the background on first use and kept by a `ConnectionManager`, which reconnects by
+//! itself; after a failure Redis is skipped for a short, growing backoff (100 ms … 1 s) so an
+//! outage does not cost every request a timeout.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::sync::Notify;
+
+use super::gcra::{Outcome, Quota};
+use super::Subject;
+use crate::config::RedisSettings;
+use crate::metrics::METRICS;
+
+/// The GCRA step. KEYS[1] = subject key; ARGV[1] = emission interval, ARGV[2] = tolerance
+/// (both µs). Returns `{allowed (0|1), TAT - now (µs)}` with the TAT after the decision.
+pub const GCRA_LUA: &str = r#"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local v = tonumber(stored)
+  if v and v > now then tat = v end
+end
+local new_tat = tat + interval
+if new_tat - tolerance > now then
+  return {0, tat - now}
+end
+local ttl_ms = math.min(math.floor((new_tat - now) / 1000) + 1, 2592000000)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+return {1, new_tat - now}
+"#;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause between two failed attempts of the background connector.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLimitError {
+    #[error("redis call timed out")]
+    Timeout,
+    #[error("redis skipped after a recent failure")]
+    Backoff,
+    #[error("not inside a tokio runtime")]
+    NoRuntime,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from the rate-limit script")]
+    BadReply,
+}
+
+impl RedisLimitError {
+    /// `kind` label of `raster_edge_redis_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RedisLimitError::Timeout => "timeout",
+            RedisLimitError::Backoff => "backoff",
+            RedisLimitError::NoRuntime => "no_runtime",
+            RedisLimitError::BadReply => "bad_reply",
+            RedisLimitError::Redis(e) => redis_kind(e),
+        }
+    }
+}
+
+fn redis_kind(e: &redis::RedisError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connection_refusal() {
+        "refused"
+    } else if e.is_connection_dropped() {
+        "dropped"
+    } else {
+        match e.kind() {
+            redis::ErrorKind::IoError => "io",
+            redis::ErrorKind::ResponseError | redis::ErrorKind::ExtensionError => "response",
+            redis::ErrorKind::NoScriptError => "noscript",
+            redis::ErrorKind::TypeError => "type",
+            redis::ErrorKind::AuthenticationFailed => "auth",
+            redis::ErrorKind::BusyLoadingError => "loading",
+            _ => "other",
+        }
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    conn: OnceLock<ConnectionManager>,
+    connecting: AtomicBool,
+    ready: Notify,
+}
+
+/// Resets `connecting` if the connector task ends without a connection (runtime shut down).
+struct ConnectingGuard(Arc<Inner>);
+
+impl Drop for ConnectingGuard {
+    fn drop(&mut self) {
+        if self.0.conn.get().is_none() {
+            self.0.connecting.store(false, Ordering::Release);
+        }
+    }
+}
+
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+    script: Script,
+    prefix: String,
+    timeout: Duration,
+    base: Instant,
+    /// Skip Redis until this many ns after `base` (0: no backoff).
+    skip_until: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl RedisBackend {
+    /// Parses the URL; does not connect (that happens in the background on first use).
+    pub fn new(settings: &RedisSettings) -> Result<RedisBackend, RedisLimitError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let timeout = settings.timeout.max(Duration::from_millis(1));
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(500)
+            .set_connection_timeout(timeout.max(Duration::from_millis(500)))
+            .set_response_timeout(timeout.max(Duration::from_millis(500)));
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                conn: OnceLock::new(),
+                connecting: AtomicBool::new(false),
+                ready: Notify::new(),
+            }),
+            script: Script::new(GCRA_LUA),
+            prefix: settings.key_prefix.clone(),
+            timeout,
+            base: Instant::now(),
+            skip_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        })
+    }
+
+    /// The Redis key of a subject.
+    pub fn key(&self, subject: &Subject) -> String {
+        redis_key(&self.prefix, subject)
+    }
+
+    /// True once the connection is established and Redis is not being skipped after a failure.
+    pub fn connected(&self) -> bool {
+        self.inner.conn.get().is_some() && !self.in_backoff()
+    }
+
+    /// True while Redis is being skipped after a failure.
+    pub fn in_backoff(&self) -> bool {
+        let until = self.skip_until.load(Ordering::Acquire);
+        until != 0 && self.now_ns() < until
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// One decision for `subject` under `quota` (microsecond ticks). Errors are already counted
+    /// in `raster_edge_redis_errors_total` (except [`RedisLimitError::Backoff`]).
+    pub async fn check(&self, subject: &Subject, quota: &Quota) -> Result<Outcome, RedisLimitError> {
+        if self.in_backoff() {
+            return Err(RedisLimitError::Backoff);
+        }
+        let result = match tokio::time::timeout(self.timeout, self.call(subject, quota)).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisLimitError::Timeout),
+        };
+        match &result {
+            Ok(_) => {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                    self.skip_until.store(0, Ordering::Release);
+                }
+            }
+            Err(e) => {
+                METRICS
+                    .redis_errors
+                    .with_label_values(&["ratelimit", e.kind()])
+                    .inc();
+                let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
+                let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
+                let until = self.now_ns() + u64::try_from(backoff.as_nanos()).unwrap_or(0);
+                self.skip_until.store(until.max(1), Ordering::Release);
+                tracing::debug!(error = %e, ?backoff, "redis rate limit failed; using the fallback");
+            }
+        }
+        result
+    }
+
+    async fn call(&self, subject: &Subject, quota: &Quota) -> Result<Outcome, RedisLimitError> {
+        let mut conn = self.connection().await?;
+        let (allowed, ahead): (i64, i64) = self
+            .script
+            .key(self.key(subject))
+            .arg(quota.interval)
+            .arg(quota.tolerance)
+            .invoke_async(&mut conn)
+            .await?;
+        let ahead = u64::try_from(ahead).map_err(|_| RedisLimitError::BadReply)?;
+        Ok(Outcome::from_parts(quota, allowed == 1, ahead))
+    }
+
+    /// The connection, waiting (within the caller's timeout) for the background connector.
+    async fn connection(&self) -> Result<ConnectionManager, RedisLimitError> {
+        if let Some(c) = self.inner.conn.get() {
+            return Ok(c.clone());
+        }
+        self.start_connector()?;
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.inner.conn.get() {
+                return Ok(c.clone());
+            }
+            notified.await;
+        }
+    }
+
+    fn start_connector(&self) -> Result<(), RedisLimitError> {
+        if self.inner.connecting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h,
+            Err(_) => {
+                self.inner.connecting.store(false, Ordering::Release);
+                return Err(RedisLimitError::NoRuntime);
+            }
+        };
+        let guard = ConnectingGuard(self.inner.clone());
+        handle.spawn(async move {
+            let inner = &guard.0;
+            loop {
+                match ConnectionManager::new_with_config(inner.client.clone(), inner.config.clone())
+                    .await
+                {
+                    Ok(c) => {
+                        let _ = inner.conn.set(c);
+                        inner.ready.notify_waiters();
+                        tracing::info!("connected to redis for rate limiting");
+                        return;
+                    }
+                    Err(e) => {
+                        METRICS
+                            .redis_errors
+                            .with_label_values(&["connect", redis_kind(&e)])
+                            .inc();
+                        tracing::warn!(error = %e, "redis connection failed; retrying");
+                        tokio::time::sleep(CONNECT_RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `{prefix}:rl:{<32 hex>}` or `{prefix}:rl:ip:{<address>}`.
+pub fn redis_key(prefix: &str, subject: &Subject) -> String {
+    match subject {
+        Subject::Key(k) => format!("{prefix}:rl:{{{k}}}"),
+        Subject::Ip(ip) => format!("{prefix}:rl:ip:{{{ip}}}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::KeyId;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn keys_are_hash_tagged() {
+        let k = Subject::Key(KeyId([0xab; 16]));
+        assert_eq!(
+            redis_key("raster-edge", &k),
+            "raster-edge:rl:{abababababababababababababababab}"
+        );
+        let ip = Subject::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(redis_key("p", &ip), "p:rl:ip:{10.0.0.1}");
+        let ip6 = Subject::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(redis_key("p", &ip6), "p:rl:ip:{::1}");
+    }
+}
