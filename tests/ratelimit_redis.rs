@@ -61,7 +61,10 @@ async fn wait_connected(rl: &RateLimiter, within: Duration) {
         if rl.redis_connected() && !rl.fallback_active() {
             return;
         }
-        assert!(Instant::now() < deadline, "limiter did not (re)connect to redis in {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "limiter did not (re)connect to redis in {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -92,7 +95,10 @@ async fn two_limiters_share_one_quota() {
         assert!(d.allowed, "request {i}");
         assert_eq!(d.remaining, 9 - i);
         let r = d.reset.as_millis();
-        assert!(r > 10_000 * u128::from(i) && r <= 10_000 * u128::from(i + 1), "reset {r}ms");
+        assert!(
+            r > 10_000 * u128::from(i) && r <= 10_000 * u128::from(i + 1),
+            "reset {r}ms"
+        );
     }
 
     // A quick concurrent burst from both limiters: together no more than one quota.
@@ -108,9 +114,15 @@ async fn two_limiters_share_one_quota() {
     let refused = decisions.iter().find(|d| !d.allowed).unwrap();
     assert_eq!(refused.remaining, 0);
     let retry = refused.retry_after.unwrap();
-    assert!(retry > Duration::from_secs(9) && retry <= Duration::from_secs(10), "{retry:?}");
+    assert!(
+        retry > Duration::from_secs(9) && retry <= Duration::from_secs(10),
+        "{retry:?}"
+    );
     let h = refused.headers();
-    assert_eq!(h[0], ("RateLimit-Policy", "\"default\";q=10;w=100".to_string()));
+    assert_eq!(
+        h[0],
+        ("RateLimit-Policy", "\"default\";q=10;w=100".to_string())
+    );
     assert_eq!(h[1], ("RateLimit", "\"default\";r=0;t=100".to_string()));
     assert_eq!(h[2], ("Retry-After", "10".to_string()));
 
@@ -165,7 +177,10 @@ async fn redis_killed_falls_back_to_local_then_recovers() {
     let who = fresh_key();
     assert!(a.check(who).await.allowed);
 
-    let fallbacks_before = METRICS.ratelimit_fallbacks.with_label_values(&["local"]).get();
+    let fallbacks_before = METRICS
+        .ratelimit_fallbacks
+        .with_label_values(&["local"])
+        .get();
     redis.proc.kill();
 
     // Decisions keep flowing, fast, on the local limits (a fresh local burst of 3 per limiter).
@@ -178,7 +193,13 @@ async fn redis_killed_falls_back_to_local_then_recovers() {
     assert_eq!(admitted, 3, "local limiter decides while redis is down");
     assert!(a.fallback_active());
     assert_eq!(METRICS.ratelimit_fallback_active.get(), 1);
-    assert!(METRICS.ratelimit_fallbacks.with_label_values(&["local"]).get() >= fallbacks_before + 10);
+    assert!(
+        METRICS
+            .ratelimit_fallbacks
+            .with_label_values(&["local"])
+            .get()
+            >= fallbacks_before + 10
+    );
     // b has not noticed yet; its first check does.
     assert!(timed_check(&b, who).await.allowed);
     assert!(b.fallback_active());
@@ -204,10 +225,16 @@ async fn redis_killed_falls_back_to_local_then_recovers() {
 async fn redis_stalled_times_out_and_falls_back() {
     let _serial = SERIAL.lock().await;
     let redis = common::Redis::start();
-    let rl = RateLimiter::new(&settings(1.0, 2), &redis_settings(&redis.url(), OnError::Local))
-        .unwrap();
+    let rl = RateLimiter::new(
+        &settings(1.0, 2),
+        &redis_settings(&redis.url(), OnError::Local),
+    )
+    .unwrap();
     wait_connected(&rl, Duration::from_secs(5)).await;
-    let errors_before = METRICS.redis_errors.with_label_values(&["ratelimit", "timeout"]).get();
+    let errors_before = METRICS
+        .redis_errors
+        .with_label_values(&["ratelimit", "timeout"])
+        .get();
 
     redis.proc.signal(19); // SIGSTOP
     let who = fresh_key();
@@ -221,7 +248,13 @@ async fn redis_stalled_times_out_and_falls_back() {
     assert_eq!(admitted, 2, "local burst");
     assert!(rl.fallback_active());
     assert_eq!(METRICS.ratelimit_fallback_active.get(), 1);
-    assert!(METRICS.redis_errors.with_label_values(&["ratelimit", "timeout"]).get() > errors_before);
+    assert!(
+        METRICS
+            .redis_errors
+            .with_label_values(&["ratelimit", "timeout"])
+            .get()
+            > errors_before
+    );
 
     redis.proc.signal(18); // SIGCONT
     wait_connected(&rl, Duration::from_secs(5)).await;
@@ -239,16 +272,28 @@ async fn on_error_deny_denies_and_allow_allows() {
     let deny = RateLimiter::new(&s, &redis_settings(&nothing, OnError::Deny)).unwrap();
     let allow = RateLimiter::new(&s, &redis_settings(&nothing, OnError::Allow)).unwrap();
     let who = fresh_key();
-    let denied_before = METRICS.ratelimit_fallbacks.with_label_values(&["deny"]).get();
+    let denied_before = METRICS
+        .ratelimit_fallbacks
+        .with_label_values(&["deny"])
+        .get();
     for _ in 0..5 {
         let d = timed_check(&deny, who).await;
         assert!(!d.allowed && d.limited);
-        assert!(d.headers().iter().any(|(n, v)| *n == "Retry-After" && v == "1"));
+        assert!(d
+            .headers()
+            .iter()
+            .any(|(n, v)| *n == "Retry-After" && v == "1"));
         let d = timed_check(&allow, who).await;
         assert!(d.allowed && !d.limited);
     }
     assert!(deny.fallback_active() && allow.fallback_active());
-    assert!(METRICS.ratelimit_fallbacks.with_label_values(&["deny"]).get() >= denied_before + 5);
+    assert!(
+        METRICS
+            .ratelimit_fallbacks
+            .with_label_values(&["deny"])
+            .get()
+            >= denied_before + 5
+    );
 
     let redis = common::Redis::start();
     let deny = RateLimiter::new(&s, &redis_settings(&redis.url(), OnError::Deny)).unwrap();

@@ -37,7 +37,11 @@ impl Quota {
         };
         // Cap so that tolerance and TAT arithmetic cannot overflow (≈ 146 years in ns).
         let cap = (u64::MAX / 4) / u64::from(burst);
-        let interval = if interval >= cap as f64 { cap } else { (interval as u64).max(1) };
+        let interval = if interval >= cap as f64 {
+            cap
+        } else {
+            (interval as u64).max(1)
+        };
         Quota {
             interval,
             tolerance: interval * u64::from(burst),
@@ -78,7 +82,9 @@ impl Outcome {
     /// unchanged one when not). The Redis script returns exactly these numbers.
     pub fn from_parts(q: &Quota, allowed: bool, tat_ahead: u64) -> Outcome {
         let slack = q.tolerance.saturating_sub(tat_ahead);
-        let remaining = u32::try_from(slack / q.interval).unwrap_or(u32::MAX).min(q.burst);
+        let remaining = u32::try_from(slack / q.interval)
+            .unwrap_or(u32::MAX)
+            .min(q.burst);
         let retry_after = if allowed {
             0
         } else {

@@ -1,97 +1,151 @@
-//! The in-process store: one GCRA cell (an atomic TAT) per subject in a moka cache, bounded by
-//! `max_keys` and with a per-entry idle expiry of the tier's window (`burst / rate`, at least a
-//! second). After that much idle time a subject's TAT is in the past, so dropping its entry
-//! changes no decision: memory stays bounded with millions of distinct keys. (Eviction by the
-//! `max_keys` bound, under pressure, forgets a live subject — it then starts with a full burst.)
+//! The in-process store: each subject's GCRA state (its TAT, one `u64`) in a sharded hash map.
+//!
+//! Why not a general-purpose cache (moka): the state needs no idle timer. Once a subject's TAT
+//! is in the past its state is identical to a fresh subject's, so dropping the entry changes no
+//! decision — idle expiry is exact at "burst / rate after the last request". Each shard sweeps
+//! such entries every few seconds (and whenever it is full), and holds at most
+//! `max_keys / shards` entries: memory stays bounded with millions of distinct keys. A shard
+//! that is full of live subjects drops an eighth of them (arbitrary ones, which then start again
+//! with a full burst — lenient, never stricter). Measured against moka with per-entry expiry,
+//! this is several times cheaper per decision and per key (see `benches/ratelimit.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::hash_map::{Entry, HashMap, RandomState};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
-use moka::Expiry;
+use parking_lot::Mutex;
 
-use super::gcra::{AtomicCell, Clock, Outcome};
+use super::gcra::{decide, Clock, Outcome};
 use super::tiers::TierPolicy;
 use super::Subject;
 use crate::metrics::METRICS;
 
-/// Shortest idle expiry: below this, entries would churn for nothing.
-const MIN_IDLE: Duration = Duration::from_secs(1);
+/// Most shards (a power of two); fewer for small `max_keys` so the bound stays exact.
+const MAX_SHARDS: usize = 64;
+/// How often a shard drops subjects whose TAT has passed.
+const SWEEP_EVERY_NS: u64 = 5_000_000_000;
 /// How often (at most) a decision refreshes the tracked-keys gauge.
 const GAUGE_EVERY_NS: u64 = 1_000_000_000;
 
-#[derive(Debug)]
-struct Entry {
-    cell: AtomicCell,
-    idle: Duration,
+struct ShardMap {
+    tats: HashMap<Subject, u64>,
+    next_sweep: u64,
 }
 
-struct IdleExpiry;
+/// One shard, on its own cache line(s).
+#[repr(align(64))]
+struct Shard {
+    map: Mutex<ShardMap>,
+    len: AtomicUsize,
+}
 
-impl Expiry<Subject, Arc<Entry>> for IdleExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Subject,
-        value: &Arc<Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.idle)
+impl ShardMap {
+    /// Drops every subject whose state equals a fresh one.
+    fn sweep(&mut self, now: u64) {
+        self.tats.retain(|_, tat| *tat > now);
     }
 
-    fn expire_after_read(
-        &self,
-        _key: &Subject,
-        value: &Arc<Entry>,
-        _read_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-        _last_modified_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.idle)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Subject,
-        value: &Arc<Entry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.idle)
+    /// Makes room for one insert under `cap`.
+    fn make_room(&mut self, now: u64, cap: usize) {
+        self.sweep(now);
+        if self.tats.len() >= cap {
+            let mut drop_n = cap / 8 + 1;
+            self.tats.retain(|_, _| {
+                if drop_n > 0 {
+                    drop_n -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 }
 
 /// In-process GCRA state for every subject seen recently.
 pub struct LocalStore {
-    cache: Cache<Subject, Arc<Entry>>,
+    shards: Box<[Shard]>,
+    shard_bits: u32,
+    per_shard: usize,
+    hasher: RandomState,
     clock: Arc<dyn Clock>,
     gauge_at: AtomicU64,
 }
 
 impl LocalStore {
     pub fn new(max_keys: u64, clock: Arc<dyn Clock>) -> LocalStore {
-        let cache = Cache::builder()
-            .max_capacity(max_keys.max(1))
-            .expire_after(IdleExpiry)
-            .build();
+        let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX).max(1);
+        // At least ~1024 subjects per shard, at most MAX_SHARDS shards.
+        let mut shards = 1usize;
+        while shards < MAX_SHARDS && shards * 2 * 1024 <= max_keys {
+            shards *= 2;
+        }
+        let per_shard = (max_keys / shards).max(1);
+        let shards: Box<[Shard]> = (0..shards)
+            .map(|_| Shard {
+                map: Mutex::new(ShardMap {
+                    tats: HashMap::new(),
+                    next_sweep: 0,
+                }),
+                len: AtomicUsize::new(0),
+            })
+            .collect();
         LocalStore {
-            cache,
+            shard_bits: shards.len().trailing_zeros(),
+            shards,
+            per_shard,
+            hasher: RandomState::new(),
             clock,
             gauge_at: AtomicU64::new(0),
         }
     }
 
+    #[inline]
+    fn shard(&self, subject: &Subject) -> &Shard {
+        if self.shard_bits == 0 {
+            return &self.shards[0];
+        }
+        let h = self.hasher.hash_one(subject);
+        // The top bits: the map inside hashes with its own keys, so this does not skew it.
+        let i = usize::try_from(h >> (64 - self.shard_bits)).unwrap_or(0);
+        &self.shards[i & (self.shards.len() - 1)]
+    }
+
     /// One decision for `subject` under `tier`'s quota (in nanoseconds).
     #[inline]
     pub fn check(&self, subject: &Subject, tier: &TierPolicy) -> Outcome {
-        let entry = self.cache.get_with(*subject, || {
-            Arc::new(Entry {
-                cell: AtomicCell::new(),
-                idle: tier.quota.window().max(MIN_IDLE),
-            })
-        });
+        let q = &tier.quota;
         let now = self.clock.now_ns();
-        let outcome = entry.cell.check(&tier.quota, now);
+        let shard = self.shard(subject);
+        let outcome = {
+            let mut m = shard.map.lock();
+            if now >= m.next_sweep {
+                m.sweep(now);
+                m.next_sweep = now.saturating_add(SWEEP_EVERY_NS);
+                shard.len.store(m.tats.len(), Ordering::Relaxed);
+            }
+            match m.tats.entry(*subject) {
+                Entry::Occupied(mut e) => {
+                    let (o, next) = decide(q, Some(*e.get()), now);
+                    if let Some(n) = next {
+                        e.insert(n);
+                    }
+                    o
+                }
+                Entry::Vacant(_) => {
+                    let (o, next) = decide(q, None, now);
+                    if let Some(n) = next {
+                        if m.tats.len() >= self.per_shard {
+                            m.make_room(now, self.per_shard);
+                        }
+                        m.tats.insert(*subject, n);
+                        shard.len.store(m.tats.len(), Ordering::Relaxed);
+                    }
+                    o
+                }
+            }
+        };
         self.maybe_update_gauge(now);
         outcome
     }
@@ -105,15 +159,29 @@ impl LocalStore {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let n = i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX);
-            METRICS.ratelimit_tracked_keys.set(n);
+            let n: usize = self
+                .shards
+                .iter()
+                .map(|s| s.len.load(Ordering::Relaxed))
+                .sum();
+            METRICS
+                .ratelimit_tracked_keys
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
-    /// Subjects currently tracked (after running moka's pending evictions; not for the hot path).
+    /// Subjects currently tracked, after dropping those whose state has expired (walks every
+    /// shard: not for the hot path).
     pub fn tracked_keys(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        let now = self.clock.now_ns();
+        let mut n = 0usize;
+        for s in self.shards.iter() {
+            let mut m = s.map.lock();
+            m.sweep(now);
+            s.len.store(m.tats.len(), Ordering::Relaxed);
+            n += m.tats.len();
+        }
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
 }
 
@@ -123,6 +191,7 @@ mod tests {
     use super::*;
     use crate::edge::KeyId;
     use std::net::{IpAddr, Ipv6Addr};
+    use std::time::Duration;
 
     fn key(i: u64) -> Subject {
         let mut b = [0u8; 16];
@@ -149,26 +218,55 @@ mod tests {
 
     #[test]
     fn max_keys_bounds_memory() {
-        let clock = ManualClock::new();
-        let store = LocalStore::new(100, clock);
-        let tier = TierPolicy::new("t-local-bound", 10.0, 10);
-        for i in 0..20_000 {
-            store.check(&key(i), &tier);
+        for max in [1u64, 100, 5_000, 100_000] {
+            let clock = ManualClock::new();
+            let store = LocalStore::new(max, clock);
+            // Long window: nothing expires by itself here.
+            let tier = TierPolicy::new("t-local-bound", 0.001, 10);
+            for i in 0..(3 * max + 1_000) {
+                store.check(&key(i), &tier);
+                let n: usize = store
+                    .shards
+                    .iter()
+                    .map(|s| s.len.load(Ordering::Relaxed))
+                    .sum();
+                assert!(n as u64 <= max, "tracked {n} keys, bound is {max}");
+            }
+            let n = store.tracked_keys();
+            assert!(n <= max && n >= max / 2, "tracked {n} keys, bound is {max}");
         }
-        let n = store.tracked_keys();
-        assert!(n <= 100, "tracked {n} keys, bound is 100");
     }
 
     #[test]
-    fn idle_keys_expire() {
-        let store = LocalStore::new(1_000, Arc::new(super::super::gcra::MonotonicClock::new()));
-        // Window 1s (the minimum idle time).
-        let tier = TierPolicy::new("t-local-idle", 100.0, 1);
-        for i in 0..50 {
+    fn idle_keys_expire_after_their_window() {
+        let clock = ManualClock::new();
+        let store = LocalStore::new(1_000_000, clock.clone());
+        // Window (burst / rate) = 2s.
+        let tier = TierPolicy::new("t-local-idle", 5.0, 10);
+        for i in 0..5_000 {
             store.check(&key(i), &tier);
         }
-        assert_eq!(store.tracked_keys(), 50);
-        std::thread::sleep(Duration::from_millis(1_300));
+        store.check(&key(0), &tier);
+        assert_eq!(store.tracked_keys(), 5_000);
+        // A single request's TAT is 200ms ahead; key 0's (two requests) 400ms.
+        clock.advance(Duration::from_millis(300));
+        assert_eq!(store.tracked_keys(), 1);
+        clock.advance(Duration::from_millis(100));
         assert_eq!(store.tracked_keys(), 0);
+        // And the hot path sweeps by itself, at most SWEEP_EVERY_NS later.
+        for i in 0..5_000 {
+            store.check(&key(i), &tier);
+        }
+        clock.advance(Duration::from_secs(6));
+        // Enough new subjects to touch every shard (each sweeps on its first touch).
+        for i in 100_000..102_000 {
+            store.check(&key(i), &tier);
+        }
+        let n: usize = store
+            .shards
+            .iter()
+            .map(|s| s.len.load(Ordering::Relaxed))
+            .sum();
+        assert!(n <= 2_000, "{n}");
     }
 }

@@ -314,7 +314,12 @@ mod tests {
     use crate::config::{Count, Tier};
     use std::net::Ipv4Addr;
 
-    pub(crate) fn settings(rate: f64, burst: u32, mode: Mode, tiers: Vec<Tier>) -> RateLimitSettings {
+    pub(crate) fn settings(
+        rate: f64,
+        burst: u32,
+        mode: Mode,
+        tiers: Vec<Tier>,
+    ) -> RateLimitSettings {
         RateLimitSettings {
             enabled: true,
             rate,
@@ -471,7 +476,11 @@ mod tests {
         let who = Subject::Key(KeyId([4; 16]));
         let t = std::time::Instant::now();
         let d = rl.check(who).await;
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
         assert!(d.allowed);
         assert!(rl.fallback_active());
         // The local fallback limits.

@@ -180,7 +180,11 @@ impl RedisBackend {
 
     /// One decision for `subject` under `quota` (microsecond ticks). Errors are already counted
     /// in `raster_edge_redis_errors_total` (except [`RedisLimitError::Backoff`]).
-    pub async fn check(&self, subject: &Subject, quota: &Quota) -> Result<Outcome, RedisLimitError> {
+    pub async fn check(
+        &self,
+        subject: &Subject,
+        quota: &Quota,
+    ) -> Result<Outcome, RedisLimitError> {
         if self.in_backoff() {
             return Err(RedisLimitError::Backoff);
         }

@@ -181,10 +181,7 @@ mod tests {
         let ip = Subject::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(&*tiers.select(&ip).name, DEFAULT_TIER);
         assert_eq!(&*tiers.select(&Subject::Key(key(A))).name, "gold");
-        assert_eq!(
-            tiers.default_tier().policy_header,
-            "\"default\";q=100;w=2"
-        );
+        assert_eq!(tiers.default_tier().policy_header, "\"default\";q=100;w=2");
     }
 
     #[test]
