@@ -99,7 +99,7 @@ impl Tiers {
             }
         }
         // Stable: among equal lengths the first listing wins.
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(Tiers {
             default,
             exact,
