@@ -99,9 +99,9 @@ pub struct Admitted {
 /// Paths that belong to the admin listener or to raster-mock's control plane: never proxied.
 pub fn is_reserved_path(path: &str) -> bool {
     const RESERVED: &[&str] = &["/admin", "/metrics", "/healthz", "/readyz", "/__mock"];
-    RESERVED.iter().any(|p| {
-        path == *p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
-    })
+    RESERVED
+        .iter()
+        .any(|p| path == *p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/')))
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 token68).
@@ -251,13 +251,28 @@ mod tests {
         let e = Edge::new(settings());
         let r = req("GET", "/me", &[("api-version", "2026-05-20")]);
         assert_eq!(e.check(&r), Err(GatewayError::Unauthenticated));
-        let r = req("GET", "/me", &[("authorization", "Token x"), ("api-version", "v")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[("authorization", "Token x"), ("api-version", "v")],
+        );
         assert_eq!(e.check(&r), Err(GatewayError::Unauthenticated));
         let r = req("GET", "/me", &[("authorization", "Bearer demo-read")]);
         assert_eq!(e.check(&r), Err(GatewayError::ApiVersionRequired));
-        let r = req("GET", "/me", &[("authorization", "Bearer demo-read"), ("api-version", " ")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[("authorization", "Bearer demo-read"), ("api-version", " ")],
+        );
         assert_eq!(e.check(&r), Err(GatewayError::ApiVersionRequired));
-        let r = req("GET", "/me", &[("authorization", "Bearer demo-read"), ("api-version", "2026-05-20")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[
+                ("authorization", "Bearer demo-read"),
+                ("api-version", "2026-05-20"),
+            ],
+        );
         let ok = e.check(&r).unwrap();
         assert!(matches!(ok.principal, Principal::Key(_)));
         assert!(!ok.inject_key && !ok.inject_version);
@@ -268,14 +283,27 @@ mod tests {
         let e = Edge::new(settings());
         let ok = e.check(&req("POST", "/libraries", &[])).unwrap();
         assert_eq!(ok.principal, Principal::Anonymous);
-        assert_eq!(e.check(&req("GET", "/libraries", &[])), Err(GatewayError::Unauthenticated));
+        assert_eq!(
+            e.check(&req("GET", "/libraries", &[])),
+            Err(GatewayError::Unauthenticated)
+        );
     }
 
     #[test]
     fn reserved_paths_are_not_proxied() {
         let e = Edge::new(settings());
-        for p in ["/metrics", "/admin/purge", "/healthz", "/__mock/stats", "/readyz?x=1"] {
-            assert_eq!(e.check(&req("GET", p, &[])), Err(GatewayError::EndpointNotFound), "{p}");
+        for p in [
+            "/metrics",
+            "/admin/purge",
+            "/healthz",
+            "/__mock/stats",
+            "/readyz?x=1",
+        ] {
+            assert_eq!(
+                e.check(&req("GET", p, &[])),
+                Err(GatewayError::EndpointNotFound),
+                "{p}"
+            );
         }
         assert!(!is_reserved_path("/administrators"));
     }
