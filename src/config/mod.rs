@@ -209,10 +209,22 @@ fn pattern(key: &str, v: &str) -> Result<PathPattern, ConfigError> {
     PathPattern::parse(v).map_err(|m| invalid(key, m))
 }
 
+/// How secrets kept in files are treated while validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// Read them (running the gateway): an unreadable file is an error.
+    Read,
+    /// Only note unreadable ones (`check-config` on a machine other than the one that runs the
+    /// gateway, such as CI); the setting gets a placeholder value.
+    Note,
+}
+
 fn secret(
     key: &str,
     inline: Option<String>,
     file: Option<String>,
+    mode: SecretFiles,
+    notes: &mut Vec<String>,
 ) -> Result<Option<String>, ConfigError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(invalid(
@@ -220,9 +232,17 @@ fn secret(
             format!("set `{key}` or `{key}_file`, not both"),
         )),
         (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| invalid(&format!("{key}_file"), format!("cannot read {path:?}: {e}"))),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if mode == SecretFiles::Note => {
+                notes.push(format!("`{key}_file`: cannot read {path:?} here ({e})"));
+                Ok(Some(format!("<unread {path}>")))
+            }
+            Err(e) => Err(invalid(
+                &format!("{key}_file"),
+                format!("cannot read {path:?}: {e}"),
+            )),
+        },
         (None, None) => Ok(None),
     }
     .and_then(|v| match v {
@@ -417,7 +437,16 @@ fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> 
 
 /// Checks every value of the file format and builds the internal settings.
 pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
+    validate_with(f, SecretFiles::Read).map(|(s, _)| s)
+}
+
+/// [`validate`], with a choice about secret files; returns notes about what was not checked.
+pub fn validate_with(
+    f: FileConfig,
+    mode: SecretFiles,
+) -> Result<(Settings, Vec<String>), ConfigError> {
     use units::{duration, size};
+    let mut notes = Vec::new();
     let listen = ListenSettings {
         proxy: addr("listen.proxy", &f.listen.proxy)?,
         admin: addr("listen.admin", &f.listen.admin)?,
@@ -446,6 +475,8 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         "edge.key_id_secret",
         f.edge.key_id_secret,
         f.edge.key_id_secret_file,
+        mode,
+        &mut notes,
     )?;
     let (key_id_secret, key_id_secret_generated) = match edge_secret {
         Some(s) => (s.into_bytes(), false),
@@ -473,7 +504,13 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         require_api_version: f.edge.require_api_version,
         anonymous,
         api_version: f.edge.api_version.filter(|v| !v.trim().is_empty()),
-        api_key: secret("edge.api_key", f.edge.api_key, f.edge.api_key_file)?,
+        api_key: secret(
+            "edge.api_key",
+            f.edge.api_key,
+            f.edge.api_key_file,
+            mode,
+            &mut notes,
+        )?,
         key_id_secret,
         key_id_secret_generated,
     };
@@ -503,7 +540,13 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         invalidation: f.redis.invalidation,
     };
     let admin = AdminSettings {
-        token: secret("admin.token", f.admin.token, f.admin.token_file)?,
+        token: secret(
+            "admin.token",
+            f.admin.token,
+            f.admin.token_file,
+            mode,
+            &mut notes,
+        )?,
     };
     let log = LogSettings {
         format: one_of(
@@ -514,7 +557,7 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         level: f.log.level,
         access_log: f.log.access_log,
     };
-    Ok(Settings {
+    let settings = Settings {
         listen,
         server,
         upstream: upstream(f.upstream)?,
@@ -524,7 +567,18 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         redis,
         admin,
         log,
-    })
+    };
+    Ok((settings, notes))
+}
+
+/// `check-config`: parses and validates `path` without reading secret files; returns notes.
+pub fn check_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = parse(&text, &path.display().to_string(), &[])?;
+    validate_with(file, SecretFiles::Note).map(|(_, notes)| notes)
 }
 
 #[cfg(test)]
