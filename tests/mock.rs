@@ -50,7 +50,9 @@ async fn get(mock: &Mock, path: &str, key: &str) -> (StatusCode, Value) {
 fn assert_error(status: StatusCode, v: &Value, want_status: u16, code: &str) {
     assert_eq!(status.as_u16(), want_status, "body: {v}");
     assert_eq!(v["error"]["code"], code, "body: {v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -94,7 +96,11 @@ async fn library_list_has_counts_and_respects_key_scope() {
     assert_eq!(bcn["assetsCount"], 250);
     assert_eq!(bcn["photosCount"], 250);
     assert_eq!(bcn["trashCount"], 0);
-    assert!(bcn["tags"].as_array().unwrap().iter().any(|t| t["id"] == "beach"));
+    assert!(bcn["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == "beach"));
     assert_eq!(library(&v, "lisbon")["assetsCount"], 40);
     let (_, v) = get(&mock, &format!("{ORG}/libraries"), "demo-barcelona").await;
     assert_eq!(ids(&v), vec!["barcelona"]);
@@ -116,7 +122,12 @@ async fn barcelona_only_key_gets_not_authorized_for_lisbon() {
         assert_error(s, &v, 404, "API_KEY_NOT_AUTHORIZED_FOR_LIBRARY");
     }
     // Search without a library filter covers only what the key can reach.
-    let (_, v) = get(&mock, &format!("{ORG}/search/assets?q=alfama"), "demo-barcelona").await;
+    let (_, v) = get(
+        &mock,
+        &format!("{ORG}/search/assets?q=alfama"),
+        "demo-barcelona",
+    )
+    .await;
     assert_eq!(v["data"]["found"], 0);
 }
 
@@ -163,20 +174,48 @@ async fn asset_pages_are_full_until_a_short_last_page() {
     let first = ids(&v);
     assert_eq!(first.len(), 50);
     assert_eq!(first[0], "bcn-0001");
-    let (_, v) = get(&mock, &format!("{BCN}/assets?page=2&pageSize=100"), "demo-read").await;
+    let (_, v) = get(
+        &mock,
+        &format!("{BCN}/assets?page=2&pageSize=100"),
+        "demo-read",
+    )
+    .await;
     let page2 = ids(&v);
     assert_eq!(page2.len(), 100);
     assert_eq!(page2[0], "bcn-0101");
-    let (_, v) = get(&mock, &format!("{BCN}/assets?page=3&pageSize=100"), "demo-read").await;
+    let (_, v) = get(
+        &mock,
+        &format!("{BCN}/assets?page=3&pageSize=100"),
+        "demo-read",
+    )
+    .await;
     assert_eq!(ids(&v).len(), 50);
-    let (_, v) = get(&mock, &format!("{BCN}/assets?page=4&pageSize=100"), "demo-read").await;
+    let (_, v) = get(
+        &mock,
+        &format!("{BCN}/assets?page=4&pageSize=100"),
+        "demo-read",
+    )
+    .await;
     assert_eq!(ids(&v).len(), 0);
-    let (_, v) = get(&mock, &format!("{LIS}/assets?page=2&pageSize=30"), "demo-read").await;
-    assert_eq!(ids(&v), (31..=40).map(|n| format!("lis-{n:04}")).collect::<Vec<_>>());
+    let (_, v) = get(
+        &mock,
+        &format!("{LIS}/assets?page=2&pageSize=30"),
+        "demo-read",
+    )
+    .await;
+    assert_eq!(
+        ids(&v),
+        (31..=40).map(|n| format!("lis-{n:04}")).collect::<Vec<_>>()
+    );
     // Walking every page finds every asset exactly once.
     let mut all = Vec::new();
     for page in 1.. {
-        let (_, v) = get(&mock, &format!("{BCN}/assets?page={page}&pageSize=7"), "demo-read").await;
+        let (_, v) = get(
+            &mock,
+            &format!("{BCN}/assets?page={page}&pageSize=7"),
+            "demo-read",
+        )
+        .await;
         let got = ids(&v);
         let short = got.len() < 7;
         all.extend(got);
@@ -198,13 +237,28 @@ async fn assets_have_the_openapi_fields() {
     assert_eq!(a["id"], "bcn-0002");
     assert_eq!(a["libraryId"], "barcelona");
     for f in [
-        "width", "height", "name", "blurhash", "url", "thumbUrl", "thumbHighUrl",
-        "thumbUrlBlurred", "type", "description", "contentType", "size", "created", "updated",
+        "width",
+        "height",
+        "name",
+        "blurhash",
+        "url",
+        "thumbUrl",
+        "thumbHighUrl",
+        "thumbUrlBlurred",
+        "type",
+        "description",
+        "contentType",
+        "size",
+        "created",
+        "updated",
     ] {
         assert!(!a[f].is_null(), "field {f} missing in {a}");
     }
     assert!(a["tags"].is_array() && a["views"].is_array());
-    assert!(a["updated"].as_u64().unwrap() > 1_700_000_000_000, "unix ms");
+    assert!(
+        a["updated"].as_u64().unwrap() > 1_700_000_000_000,
+        "unix ms"
+    );
     assert!(a["url"].as_str().unwrap().starts_with("https://"));
 }
 
@@ -214,8 +268,15 @@ async fn tags_filter_keeps_only_assets_with_every_tag() {
     let (_, v) = get(&mock, &format!("{LIS}/assets?tags=beach"), "demo-read").await;
     let list = v["data"].as_array().unwrap();
     assert_eq!(list.len(), 10); // lis-0001, 0005, …, 0037
-    assert!(list.iter().all(|a| a["tags"].as_array().unwrap().contains(&json!("beach"))));
-    let (_, v) = get(&mock, &format!("{LIS}/assets?tags=beach,night"), "demo-read").await;
+    assert!(list
+        .iter()
+        .all(|a| a["tags"].as_array().unwrap().contains(&json!("beach"))));
+    let (_, v) = get(
+        &mock,
+        &format!("{LIS}/assets?tags=beach,night"),
+        "demo-read",
+    )
+    .await;
     for a in v["data"].as_array().unwrap() {
         let t = a["tags"].as_array().unwrap();
         assert!(t.contains(&json!("beach")) && t.contains(&json!("night")));
@@ -235,12 +296,26 @@ async fn search_returns_hits_found_and_page() {
     let d = &v["data"];
     assert_eq!(d["page"], 1);
     assert_eq!(d["found"], 7); // lis-0001, 0007, …, 0037
-    assert!(d["hits"].as_array().unwrap().iter().all(|h| h["libraryId"] == "lisbon"));
-    let (_, v) = get(&mock, &format!("{ORG}/search/assets?q=beach&pageSize=5&page=2"), "demo-read").await;
+    assert!(d["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["libraryId"] == "lisbon"));
+    let (_, v) = get(
+        &mock,
+        &format!("{ORG}/search/assets?q=beach&pageSize=5&page=2"),
+        "demo-read",
+    )
+    .await;
     assert_eq!(v["data"]["page"], 2);
     assert_eq!(v["data"]["hits"].as_array().unwrap().len(), 5);
     assert!(v["data"]["found"].as_u64().unwrap() > 50);
-    let (_, v) = get(&mock, &format!("{ORG}/search/assets?q=beach&libraries=lisbon"), "demo-read").await;
+    let (_, v) = get(
+        &mock,
+        &format!("{ORG}/search/assets?q=beach&libraries=lisbon"),
+        "demo-read",
+    )
+    .await;
     assert_eq!(v["data"]["found"], 10);
 }
 
@@ -264,7 +339,12 @@ async fn every_documented_error_code_uses_the_envelope() {
     let s = r.status();
     assert_error(s, &r.json().await.unwrap(), 400, "API_VERSION_REQUIRED");
     // Missing / malformed Authorization.
-    for auth in [None, Some("demo-read"), Some("Basic ZGVtbzp4"), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("demo-read"),
+        Some("Basic ZGVtbzp4"),
+        Some("Bearer "),
+    ] {
         let mut req = c.get(url("/me")).header("api-version", "2026-05-20");
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -287,7 +367,13 @@ async fn every_documented_error_code_uses_the_envelope() {
     assert_error(s, &v, 404, "NOT_FOUND");
     let (s, v) = get(&mock, &format!("{ORG}/libraries/porto/assets"), "demo-read").await;
     assert_error(s, &v, 404, "NOT_FOUND");
-    for q in ["page=0", "page=x", "pageSize=0", "pageSize=101", "tags=a,b,c,d,e,f"] {
+    for q in [
+        "page=0",
+        "page=x",
+        "pageSize=0",
+        "pageSize=101",
+        "tags=a,b,c,d,e,f",
+    ] {
         let (s, v) = get(&mock, &format!("{BCN}/assets?{q}"), "demo-read").await;
         assert_error(s, &v, 400, "BAD_USER_INPUT");
     }
@@ -337,7 +423,11 @@ async fn tag_and_untag_change_later_reads() {
     let (_, after) = get(&mock, &format!("{LIS}/assets/lis-0002"), "demo-read").await;
     assert!(after["data"]["updated"].as_u64() > before["data"]["updated"].as_u64());
     let (_, v) = get(&mock, &format!("{LIS}/tags"), "demo-read").await;
-    assert!(v["data"].as_array().unwrap().iter().any(|t| t["id"] == "tram" && t["count"] == 2));
+    assert!(v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == "tram" && t["count"] == 2));
     let (s, _, v) = call(
         &mock,
         Method::POST,
@@ -351,7 +441,11 @@ async fn tag_and_untag_change_later_reads() {
     let (_, v) = get(&mock, &format!("{LIS}/assets?tags=tram"), "demo-read").await;
     assert_eq!(ids(&v), vec!["lis-0003"]);
     let (_, v) = get(&mock, &format!("{ORG}/search/assets?q=tram"), "demo-read").await;
-    assert!(v["data"]["hits"].as_array().unwrap().iter().any(|h| h["id"] == "lis-0003"));
+    assert!(v["data"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["id"] == "lis-0003"));
 }
 
 #[tokio::test]
@@ -449,7 +543,10 @@ async fn libraries_can_be_created_and_renamed() {
     assert_eq!(ids(&v), vec!["barcelona", "lisbon", "porto-nights"]);
     assert_eq!(library(&v, "barcelona")["name"], "BCN");
     let (_, v) = get(&mock, "/me", "demo-read").await;
-    assert_eq!(v["data"]["libraries"], json!(["barcelona", "lisbon", "porto-nights"]));
+    assert_eq!(
+        v["data"]["libraries"],
+        json!(["barcelona", "lisbon", "porto-nights"])
+    );
     // The barcelona-only key still sees only barcelona.
     let (_, v) = get(&mock, "/me", "demo-barcelona").await;
     assert_eq!(v["data"]["libraries"], json!(["barcelona"]));
@@ -468,7 +565,10 @@ async fn description_patch_is_visible_and_bumps_updated() {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(v["data"], json!({"assetId": "bcn-0010", "description": "Rooftops at dawn"}));
+    assert_eq!(
+        v["data"],
+        json!({"assetId": "bcn-0010", "description": "Rooftops at dawn"})
+    );
     let (_, after) = get(&mock, &format!("{BCN}/assets/bcn-0010"), "demo-read").await;
     assert_eq!(after["data"]["description"], "Rooftops at dawn");
     assert!(after["data"]["updated"].as_u64() > before["data"]["updated"].as_u64());
@@ -499,7 +599,14 @@ async fn multipart_upload_creates_assets() {
     let (_, v) = get(&mock, &format!("{ORG}/libraries"), "demo-read").await;
     assert_eq!(library(&v, "lisbon")["assetsCount"], 42);
     // Not multipart → BAD_USER_INPUT.
-    let (s, _, v) = call(&mock, Method::POST, &format!("{LIS}/assets"), "demo-write", Some(json!({}))).await;
+    let (s, _, v) = call(
+        &mock,
+        Method::POST,
+        &format!("{LIS}/assets"),
+        "demo-write",
+        Some(json!({})),
+    )
+    .await;
     assert_error(s, &v, 400, "BAD_USER_INPUT");
 }
 
@@ -522,7 +629,12 @@ async fn anonymous_library_creation_mints_a_working_key() {
     let (s, v) = get(&mock, "/me", &key).await;
     assert_eq!(s, 200);
     assert_eq!(v["data"]["libraries"], json!([lib]));
-    let (s, v) = get(&mock, &format!("/organizations/{org}/libraries/{lib}/assets"), &key).await;
+    let (s, v) = get(
+        &mock,
+        &format!("/organizations/{org}/libraries/{lib}/assets"),
+        &key,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(v["data"], json!([]));
     let (s, v) = get(&mock, &format!("{BCN}/assets"), &key).await;
@@ -536,8 +648,14 @@ async fn matching_if_none_match_gets_304_and_writes_change_the_etag() {
     let (s, h, v) = call(&mock, Method::GET, &path, "demo-read", None).await;
     assert_eq!(s, 200);
     let etag = h["etag"].to_str().unwrap().to_string();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
-    assert!(h.get("cache-control").is_none(), "no Cache-Control by default");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
+    assert!(
+        h.get("cache-control").is_none(),
+        "no Cache-Control by default"
+    );
     // Same body → same tag.
     let (_, h2, v2) = call(&mock, Method::GET, &path, "demo-read", None).await;
     assert_eq!(h2["etag"], etag.as_str());
@@ -625,13 +743,20 @@ async fn every_response_varies_on_api_version() {
         ("/me", "demo-read"),
         ("/me", "bogus"),
         ("/nowhere", "demo-read"),
-        ("/organizations/monogram-labs/libraries/lisbon/assets", "demo-barcelona"),
+        (
+            "/organizations/monogram-labs/libraries/lisbon/assets",
+            "demo-barcelona",
+        ),
     ] {
         let (_, h, _) = call(&mock, Method::GET, path, key, None).await;
         assert_eq!(h["vary"], "Api-Version", "{path} {key}");
         assert_eq!(h["content-type"], "application/json");
     }
-    let r = client().get(format!("{}/me", mock.url())).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/me", mock.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["vary"], "Api-Version");
 }
 
@@ -661,7 +786,10 @@ async fn stats_count_api_requests_but_not_control_calls() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["data"]["by_method"], json!({"GET": 2, "HEAD": 1, "POST": 1}));
+    assert_eq!(
+        v["data"]["by_method"],
+        json!({"GET": 2, "HEAD": 1, "POST": 1})
+    );
     mock.reset().await;
     assert_eq!(mock.requests().await, 0);
 }
@@ -685,13 +813,21 @@ async fn reset_restores_fixture_data_and_startup_config() {
         Some(json!({"name": "Porto"})),
     )
     .await;
-    mock.configure(json!({"cache_control": null, "etag": false})).await;
+    mock.configure(json!({"cache_control": null, "etag": false}))
+        .await;
     let (_, h, _) = call(&mock, Method::GET, "/me", "demo-read", None).await;
     assert!(h.get("cache-control").is_none() && h.get("etag").is_none());
     mock.reset().await;
     let (s, _) = get(&mock, &format!("{BCN}/assets/bcn-0001"), "demo-read").await;
     assert_eq!(s, 200);
-    let (_, h, v) = call(&mock, Method::GET, &format!("{ORG}/libraries"), "demo-read", None).await;
+    let (_, h, v) = call(
+        &mock,
+        Method::GET,
+        &format!("{ORG}/libraries"),
+        "demo-read",
+        None,
+    )
+    .await;
     assert_eq!(ids(&v), vec!["barcelona", "lisbon"]);
     assert_eq!(library(&v, "barcelona")["assetsCount"], 250);
     assert_eq!(h["cache-control"], "max-age=5");
@@ -755,7 +891,11 @@ async fn configured_headers_and_cache_control_apply_to_api_responses() {
     assert_eq!(h.get_all("vary").iter().count(), 1);
     assert_eq!(h["set-cookie"], "a=b");
     // The control endpoints themselves stay plain.
-    let r = client().get(format!("{}/__mock/stats", mock.url())).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/__mock/stats", mock.url()))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("set-cookie").is_none());
     mock.configure(json!({"etag": false, "headers": {}})).await;
     let (_, h, _) = call(&mock, Method::GET, "/me", "demo-read", None).await;
@@ -767,7 +907,14 @@ async fn configured_headers_and_cache_control_apply_to_api_responses() {
 #[tokio::test]
 async fn cache_control_flag_sets_the_header() {
     let mock = Mock::start_with(&["--cache-control", "public, max-age=30"]);
-    let (_, h, _) = call(&mock, Method::GET, &format!("{BCN}/assets"), "demo-read", None).await;
+    let (_, h, _) = call(
+        &mock,
+        Method::GET,
+        &format!("{BCN}/assets"),
+        "demo-read",
+        None,
+    )
+    .await;
     assert_eq!(h["cache-control"], "public, max-age=30");
 }
 
@@ -797,8 +944,9 @@ async fn bad_config_is_rejected_and_changes_nothing() {
 
 #[tokio::test]
 async fn busy_port_exits_quickly_with_a_message() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
+    // A port from the harness registry, so no parallel test is handed the same one.
+    let addr = common::free_addr();
+    let _taken = TcpListener::bind(addr).unwrap();
     let t = Instant::now();
     let out = Command::new(mock_bin())
         .args(["--listen", &addr.to_string()])

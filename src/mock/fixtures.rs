@@ -66,7 +66,7 @@ const BLURHASHES: &[&str] = &[
 /// Tags of asset number `n` (1-based within its library).
 pub fn tags_for(n: usize) -> Vec<String> {
     let mut t = Vec::new();
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         t.push("architecture");
     }
     if n % 4 == 1 {
@@ -75,7 +75,7 @@ pub fn tags_for(n: usize) -> Vec<String> {
     if n % 5 == 2 {
         t.push("night");
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         t.push("people");
     }
     if n % 10 == 7 {
@@ -98,7 +98,7 @@ pub fn urls(id: &str, ext: &str) -> (String, String, String, String) {
 fn fixture_asset(lib: &str, prefix: &str, places: &[&str], n: usize, global: usize) -> Asset {
     let id = format!("{prefix}-{n:04}");
     let place = places[(n - 1) % places.len()];
-    let png = n % 10 == 0;
+    let png = n.is_multiple_of(10);
     let ext = if png { "png" } else { "jpg" };
     let (url, thumb, thumb_high, blurred) = urls(&id, ext);
     let portrait = n % 3 == 1;
@@ -130,7 +130,14 @@ fn fixture_asset(lib: &str, prefix: &str, places: &[&str], n: usize, global: usi
         created,
         updated: created,
         uploaded_by: Uploader {
-            name: Some(if n % 2 == 0 { "Ana Ribeiro" } else { "Jordi Puig" }.to_string()),
+            name: Some(
+                if n.is_multiple_of(2) {
+                    "Ana Ribeiro"
+                } else {
+                    "Jordi Puig"
+                }
+                .to_string(),
+            ),
         },
         trashed: false,
     }
@@ -163,7 +170,11 @@ pub fn fixture() -> Data {
     for (key, access, libs) in [
         (KEY_READ, Access::Read, None),
         (KEY_WRITE, Access::Write, None),
-        (KEY_BARCELONA, Access::Read, Some(vec!["barcelona".to_string()])),
+        (
+            KEY_BARCELONA,
+            Access::Read,
+            Some(vec!["barcelona".to_string()]),
+        ),
     ] {
         d.keys.insert(
             key.to_string(),

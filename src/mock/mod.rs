@@ -72,7 +72,10 @@ pub fn run(opts: MockOptions) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads: opts.threads.max(1),
         pid_file: tmp.join(format!("{id}.pid")).to_string_lossy().into_owned(),
-        upgrade_sock: tmp.join(format!("{id}.sock")).to_string_lossy().into_owned(),
+        upgrade_sock: tmp
+            .join(format!("{id}.sock"))
+            .to_string_lossy()
+            .into_owned(),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -152,9 +152,7 @@ impl Route {
     fn org_and_library(&self) -> (Option<&str>, Option<&str>) {
         match self {
             Route::Me | Route::AnonLibrary => (None, None),
-            Route::ListLibraries(o) | Route::CreateLibrary(o) | Route::Search(o) => {
-                (Some(o), None)
-            }
+            Route::ListLibraries(o) | Route::CreateLibrary(o) | Route::Search(o) => (Some(o), None),
             Route::RenameLibrary(o, l)
             | Route::ListAssets(o, l)
             | Route::Upload(o, l)
@@ -212,9 +210,7 @@ fn route(method: &Method, path: &str) -> Option<Route> {
         ["organizations", org, "libraries", lib, "assets"] if get => {
             Route::ListAssets(o(org), o(lib))
         }
-        ["organizations", org, "libraries", lib, "assets"] if post => {
-            Route::Upload(o(org), o(lib))
-        }
+        ["organizations", org, "libraries", lib, "assets"] if post => Route::Upload(o(org), o(lib)),
         ["organizations", org, "libraries", lib, "assets"] if delete => {
             Route::Delete(o(org), o(lib))
         }
@@ -694,7 +690,8 @@ fn tag_assets(
         };
         let before = a.tags.len();
         if untag {
-            a.tags.retain(|t| !tags.iter().any(|x| x.eq_ignore_ascii_case(t)));
+            a.tags
+                .retain(|t| !tags.iter().any(|x| x.eq_ignore_ascii_case(t)));
         } else {
             for t in &tags {
                 if !a.has_tag(t) {
@@ -707,7 +704,11 @@ fn tag_assets(
         }
         count += 1;
     }
-    let field = if untag { "untaggedCount" } else { "taggedCount" };
+    let field = if untag {
+        "untaggedCount"
+    } else {
+        "taggedCount"
+    };
     ok(200, json!({ field: count }), count > 0)
 }
 
@@ -880,7 +881,11 @@ fn upload(data: &RwLock<Data>, lib: &str, call: &ApiCall) -> Result<Reply, ApiEr
             .clone()
             .filter(|c| c != "application/octet-stream")
             .unwrap_or_else(|| guess_content_type(&name).to_string());
-        let ext = name.rsplit('.').next().unwrap_or("bin").to_ascii_lowercase();
+        let ext = name
+            .rsplit('.')
+            .next()
+            .unwrap_or("bin")
+            .to_ascii_lowercase();
         let (url, thumb, thumb_high, blurred) = urls(&id, &ext);
         let a = Asset {
             id: id.clone(),

@@ -61,9 +61,9 @@ fn none_match(header: &[u8], etag: &str) -> bool {
     let Ok(h) = std::str::from_utf8(header) else {
         return false;
     };
-    h.split(',').map(str::trim).any(|t| {
-        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
-    })
+    h.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 impl MockService {
@@ -153,7 +153,9 @@ impl MockService {
             path,
             query,
             api_version: headers.get("api-version").map(HeaderValue::as_bytes),
-            authorization: headers.get(http::header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            authorization: headers
+                .get(http::header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
             content_type: headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
             body,
         };
@@ -285,7 +287,9 @@ impl MockService {
             ("config", &Method::PUT) | ("config", &Method::PATCH) => {
                 let patch: Value = match serde_json::from_slice(body) {
                     Ok(v) => v,
-                    Err(e) => return err(ApiError::bad_input(format!("Malformed JSON body: {e}."))),
+                    Err(e) => {
+                        return err(ApiError::bad_input(format!("Malformed JSON body: {e}.")))
+                    }
                 };
                 let mut next = (*self.config()).clone();
                 match next.apply(&patch) {
@@ -297,7 +301,10 @@ impl MockService {
                     Err(m) => err(ApiError::bad_input(m)),
                 }
             }
-            _ => err(ApiError::endpoint_not_found(method, &format!("/__mock/{what}"))),
+            _ => err(ApiError::endpoint_not_found(
+                method,
+                &format!("/__mock/{what}"),
+            )),
         }
     }
 }
