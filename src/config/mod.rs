@@ -82,19 +82,23 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Conf
     validate(file)
 }
 
-/// Parses TOML text into the file format, applying `env` overrides and rejecting unknown keys
-/// by their full dotted name.
+/// Parses TOML text into the file format, layered over the embedded default (a file only says
+/// what differs: tables merge key by key, arrays such as `[[cache.routes]]` replace), applying
+/// `env` overrides and rejecting unknown keys by their full dotted name.
 pub fn parse(
     text: &str,
     origin: &str,
     env: &[(String, String)],
 ) -> Result<FileConfig, ConfigError> {
-    let mut value: toml::Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                origin: origin.to_string(),
-                message: e.to_string(),
-            })?;
+    let syntax = |origin: &str, e: toml::de::Error| ConfigError::Syntax {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    };
+    let mut value: toml::Table = EMBEDDED_DEFAULT
+        .parse()
+        .map_err(|e| syntax("embedded default", e))?;
+    let file: toml::Table = text.parse().map_err(|e| syntax(origin, e))?;
+    merge(&mut value, file);
     apply_env(&mut value, env)?;
     let mut unknown = Vec::new();
     let file: FileConfig = serde_ignored::deserialize(toml::Value::Table(value), |path| {
@@ -108,6 +112,18 @@ pub fn parse(
         return Err(ConfigError::UnknownKeys(unknown));
     }
     Ok(file)
+}
+
+/// Deep merge: tables recursively, everything else (scalars, arrays) replaced by `over`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Scalar keys that have no default value, so the schema walk below cannot see them.
@@ -599,6 +615,22 @@ mod tests {
         assert_eq!(s.cache.max_memory, 256 * 1024 * 1024);
         assert_eq!(s.rate_limit.backend, Backend::Local);
         assert!(!s.cache.routes.is_empty());
+    }
+
+    #[test]
+    fn a_file_layers_over_the_embedded_default() {
+        let s = load_str("[cache]\nmax_memory = \"1MiB\"\n").unwrap();
+        assert_eq!(s.cache.max_memory, 1024 * 1024);
+        let defaults = load_str("").unwrap();
+        assert_eq!(s.cache.routes.len(), defaults.cache.routes.len());
+        assert!(
+            s.cache.routes.iter().any(|r| r.name == "assets"),
+            "{:?}",
+            s.cache.routes
+        );
+        // Arrays replace rather than append.
+        let s = load_str("[[cache.routes]]\nname = \"only\"\npath = \"/x\"\n").unwrap();
+        assert_eq!(s.cache.routes.len(), 1);
     }
 
     #[test]
