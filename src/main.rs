@@ -48,10 +48,16 @@ fn init_logging(settings: &Settings) {
         .or_else(|| EnvFilter::try_new(&settings.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    // Log lines are written by a background thread: one write syscall per access-log line on
+    // the request path would cost more than serving a cache hit.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    raster_edge::server::keep_log_guard(guard);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match settings.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            raster_edge::server::flush_logs();
             eprintln!("raster-edge: {e:#}");
             ExitCode::FAILURE
         }
@@ -111,7 +118,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let settings = config::load(cli.config.as_deref(), &overrides)?;
             init_logging(&settings);
-            raster_edge::server::run(settings)
+            let result = raster_edge::server::run(settings);
+            raster_edge::server::flush_logs();
+            result
         }
     }
 }

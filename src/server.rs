@@ -22,6 +22,19 @@ use crate::gateway::{Gateway, InFlight};
 use crate::ratelimit::RateLimiter;
 use crate::upstream::Upstream;
 
+static LOG_GUARD: parking_lot::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    parking_lot::Mutex::new(None);
+
+/// Keeps the background log writer alive until [`flush_logs`].
+pub fn keep_log_guard(guard: tracing_appender::non_blocking::WorkerGuard) {
+    *LOG_GUARD.lock() = Some(guard);
+}
+
+/// Writes out every buffered log line (before any exit, including the drained-SIGTERM one).
+pub fn flush_logs() {
+    drop(LOG_GUARD.lock().take());
+}
+
 /// Binds each address once to prove it is free, naming the one that is not.
 pub fn check_ports(addrs: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
     for (what, addr) in addrs {
@@ -87,6 +100,7 @@ fn exit_when_drained(draining: Arc<AtomicBool>, in_flight: InFlight) {
                         after_ms = started.elapsed().as_millis() as u64,
                         "drained; exiting"
                     );
+                    flush_logs();
                     std::process::exit(0);
                 }
             }
