@@ -99,9 +99,9 @@ pub struct Admitted {
 /// Paths that belong to the admin listener or to raster-mock's control plane: never proxied.
 pub fn is_reserved_path(path: &str) -> bool {
     const RESERVED: &[&str] = &["/admin", "/metrics", "/healthz", "/readyz", "/__mock"];
-    RESERVED.iter().any(|p| {
-        path == *p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
-    })
+    RESERVED
+        .iter()
+        .any(|p| path == *p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/')))
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 token68).
@@ -183,7 +183,8 @@ impl Edge {
         let inject_version = match version {
             Some(_) => false,
             None if self.settings.api_version.is_some() => true,
-            None if self.settings.require_api_version && !self.is_anonymous(&req.method, path) => {
+            // Anonymous routes still need a version: the origin checks it before anything else.
+            None if self.settings.require_api_version => {
                 return Err(GatewayError::ApiVersionRequired)
             }
             None => false,
@@ -251,31 +252,65 @@ mod tests {
         let e = Edge::new(settings());
         let r = req("GET", "/me", &[("api-version", "2026-05-20")]);
         assert_eq!(e.check(&r), Err(GatewayError::Unauthenticated));
-        let r = req("GET", "/me", &[("authorization", "Token x"), ("api-version", "v")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[("authorization", "Token x"), ("api-version", "v")],
+        );
         assert_eq!(e.check(&r), Err(GatewayError::Unauthenticated));
         let r = req("GET", "/me", &[("authorization", "Bearer demo-read")]);
         assert_eq!(e.check(&r), Err(GatewayError::ApiVersionRequired));
-        let r = req("GET", "/me", &[("authorization", "Bearer demo-read"), ("api-version", " ")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[("authorization", "Bearer demo-read"), ("api-version", " ")],
+        );
         assert_eq!(e.check(&r), Err(GatewayError::ApiVersionRequired));
-        let r = req("GET", "/me", &[("authorization", "Bearer demo-read"), ("api-version", "2026-05-20")]);
+        let r = req(
+            "GET",
+            "/me",
+            &[
+                ("authorization", "Bearer demo-read"),
+                ("api-version", "2026-05-20"),
+            ],
+        );
         let ok = e.check(&r).unwrap();
         assert!(matches!(ok.principal, Principal::Key(_)));
         assert!(!ok.inject_key && !ok.inject_version);
     }
 
     #[test]
-    fn anonymous_route_passes_without_key_or_version() {
+    fn anonymous_route_passes_without_key_but_needs_version() {
         let e = Edge::new(settings());
-        let ok = e.check(&req("POST", "/libraries", &[])).unwrap();
+        let ok = e
+            .check(&req("POST", "/libraries", &[("api-version", "2026-05-20")]))
+            .unwrap();
         assert_eq!(ok.principal, Principal::Anonymous);
-        assert_eq!(e.check(&req("GET", "/libraries", &[])), Err(GatewayError::Unauthenticated));
+        assert_eq!(
+            e.check(&req("POST", "/libraries", &[])),
+            Err(GatewayError::ApiVersionRequired)
+        );
+        assert_eq!(
+            e.check(&req("GET", "/libraries", &[])),
+            Err(GatewayError::Unauthenticated)
+        );
     }
 
     #[test]
     fn reserved_paths_are_not_proxied() {
         let e = Edge::new(settings());
-        for p in ["/metrics", "/admin/purge", "/healthz", "/__mock/stats", "/readyz?x=1"] {
-            assert_eq!(e.check(&req("GET", p, &[])), Err(GatewayError::EndpointNotFound), "{p}");
+        for p in [
+            "/metrics",
+            "/admin/purge",
+            "/healthz",
+            "/__mock/stats",
+            "/readyz?x=1",
+        ] {
+            assert_eq!(
+                e.check(&req("GET", p, &[])),
+                Err(GatewayError::EndpointNotFound),
+                "{p}"
+            );
         }
         assert!(!is_reserved_path("/administrators"));
     }

@@ -14,7 +14,9 @@ pub enum GatewayError {
     Unauthenticated,
     #[error("missing Api-Version header; send \"Api-Version: <date>\", e.g. 2026-05-20")]
     ApiVersionRequired,
-    #[error("rate limit exceeded for this API key; retry after the number of seconds in Retry-After")]
+    #[error(
+        "rate limit exceeded for this API key; retry after the number of seconds in Retry-After"
+    )]
     RateLimited,
     #[error("the Raster API could not be reached")]
     UpstreamUnavailable,
@@ -119,7 +121,10 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&GatewayError::RateLimited.body()).unwrap();
         assert_eq!(v["error"]["code"], "RATE_LIMITED");
-        assert!(v["error"]["message"].as_str().unwrap().contains("Retry-After"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Retry-After"));
         assert_eq!(GatewayError::RateLimited.status(), 429);
         assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
     }

@@ -91,7 +91,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             &["result", "route"]
         )?,
         cache_entries: register_int_gauge!(CACHE_ENTRIES, "Objects in the cache")?,
-        cache_bytes: register_int_gauge!(CACHE_BYTES, "Bytes held by the cache (headers + bodies)")?,
+        cache_bytes: register_int_gauge!(
+            CACHE_BYTES,
+            "Bytes held by the cache (headers + bodies)"
+        )?,
         cache_evictions: register_int_counter_vec!(
             CACHE_EVICTIONS_TOTAL,
             "Cache evictions by cause (size, expired, explicit, replaced)",
@@ -191,7 +194,10 @@ mod tests {
 
     #[test]
     fn every_name_is_prefixed_and_registered() {
-        METRICS.requests.with_label_values(&["GET", "2xx", "HIT", "assets"]).inc();
+        METRICS
+            .requests
+            .with_label_values(&["GET", "2xx", "HIT", "assets"])
+            .inc();
         let text = String::from_utf8(render()).unwrap();
         assert!(text.contains(REQUESTS_TOTAL));
         assert!(text.contains(BUILD_INFO));

@@ -104,6 +104,33 @@ pub fn path_only(target: &str) -> &str {
     target.split_once('?').map_or(target, |(p, _)| p)
 }
 
+/// Route names for metrics and logs: the cache route table's names, first match wins, `other`
+/// for everything else. Names are a bounded set fixed at start, so they are safe as labels.
+pub struct RouteNames {
+    routes: Vec<(PathPattern, &'static str)>,
+}
+
+pub const OTHER_ROUTE: &str = "other";
+
+impl RouteNames {
+    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a PathPattern, &'a str)>) -> Self {
+        let routes = routes
+            .into_iter()
+            // Leaked once at start: a handful of config-sized strings that live as long as the
+            // process, so every request can carry a `&'static str` label without allocating.
+            .map(|(p, n)| (p.clone(), &*Box::leak(n.to_string().into_boxed_str())))
+            .collect();
+        Self { routes }
+    }
+
+    pub fn name_for(&self, path: &str) -> &'static str {
+        self.routes
+            .iter()
+            .find(|(p, _)| p.matches(path))
+            .map_or(OTHER_ROUTE, |(_, n)| n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

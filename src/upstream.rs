@@ -1,1 +1,232 @@
-//! upstream (to be written)
+//! The origin: where requests go and how. Owns the peer (address, TLS with SNI and certificate
+//! verification, ALPN, timeouts), name resolution off the request path (Pingora's `HttpPeer::new`
+//! with a host name does a blocking lookup and panics on failure, so a background thread
+//! resolves and the request path only clones a ready peer), the `Host` rewrite, hop-by-hop
+//! header removal in both directions, and the mapping of Pingora's errors to the gateway's
+//! `UPSTREAM_UNAVAILABLE` / `UPSTREAM_TIMEOUT`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use crate::config::UpstreamSettings;
+use crate::errors::GatewayError;
+
+/// How often the upstream host name is resolved again.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How soon to retry after a failed resolution.
+const RESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction. `Transfer-Encoding`
+/// is left to Pingora, which owns body framing.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub struct Upstream {
+    settings: UpstreamSettings,
+    addrs: RwLock<Arc<Vec<SocketAddr>>>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// Resolves once synchronously (so a literal address or a reachable name is ready at
+    /// start), then keeps resolving in a background thread.
+    pub fn start(settings: UpstreamSettings) -> Arc<Self> {
+        let up = Arc::new(Self {
+            settings,
+            addrs: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+        });
+        let ok = up.resolve();
+        if up.settings.host.parse::<std::net::IpAddr>().is_err() {
+            let weak = Arc::downgrade(&up);
+            let spawned = std::thread::Builder::new()
+                .name("upstream-resolver".into())
+                .spawn(move || {
+                    let mut wait = if ok { RESOLVE_INTERVAL } else { RESOLVE_RETRY };
+                    loop {
+                        std::thread::sleep(wait);
+                        let Some(up) = weak.upgrade() else { return };
+                        wait = if up.resolve() {
+                            RESOLVE_INTERVAL
+                        } else {
+                            RESOLVE_RETRY
+                        };
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the upstream resolver thread");
+            }
+        }
+        up
+    }
+
+    fn resolve(&self) -> bool {
+        let target = (self.settings.host.as_str(), self.settings.port);
+        match target.to_socket_addrs() {
+            Ok(found) => {
+                let mut found: Vec<SocketAddr> = found.collect();
+                found.sort();
+                found.dedup();
+                if found.is_empty() {
+                    tracing::warn!(host = %self.settings.host, "upstream resolved to no address");
+                    return false;
+                }
+                let mut cur = self.addrs.write();
+                if **cur != found {
+                    tracing::info!(host = %self.settings.host, addrs = ?found, "upstream addresses");
+                    *cur = Arc::new(found);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(host = %self.settings.host, error = %e, "upstream resolution failed; keeping previous addresses");
+                false
+            }
+        }
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// A ready peer for one request (round robin over the resolved addresses).
+    pub fn peer(&self) -> pingora::Result<Box<HttpPeer>> {
+        let addrs = self.addrs.read().clone();
+        if addrs.is_empty() {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream {} has not resolved yet", self.settings.host),
+            );
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
+        let s = &self.settings;
+        let mut peer = HttpPeer::new(addrs[i], s.tls, s.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(s.connect_timeout);
+        o.total_connection_timeout = Some(s.connect_timeout * 2);
+        o.read_timeout = Some(s.read_timeout);
+        o.write_timeout = Some(s.write_timeout);
+        o.idle_timeout = Some(s.idle_timeout);
+        if s.tls && s.http2 {
+            o.alpn = ALPN::H2H1;
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// `Host` set to the upstream's authority; hop-by-hop headers removed (including any that
+    /// `Connection` names).
+    pub fn rewrite_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        let named = connection_tokens(&req.headers);
+        for name in HOP_BY_HOP.iter().copied().map(String::from).chain(named) {
+            req.remove_header(&name);
+        }
+        req.insert_header(http::header::HOST, self.settings.authority.as_str())?;
+        Ok(())
+    }
+
+    /// Hop-by-hop headers removed from the origin's response.
+    pub fn rewrite_response(&self, resp: &mut ResponseHeader) {
+        let named = connection_tokens(&resp.headers);
+        for name in HOP_BY_HOP.iter().copied().map(String::from).chain(named) {
+            resp.remove_header(&name);
+        }
+    }
+}
+
+/// Header names listed in `Connection` (they are hop-by-hop for this message).
+fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .collect()
+}
+
+/// Which gateway error an upstream failure becomes, and the label it is counted under.
+pub fn classify(e: &Error) -> (GatewayError, &'static str) {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | TLSHandshakeTimedout => {
+            (GatewayError::UpstreamTimeout, "connect_timeout")
+        }
+        ReadTimedout | WriteTimedout => (GatewayError::UpstreamTimeout, "timeout"),
+        ConnectRefused => (GatewayError::UpstreamUnavailable, "connect_refused"),
+        ConnectNoRoute => (GatewayError::UpstreamUnavailable, "no_route"),
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+            (GatewayError::UpstreamUnavailable, "tls")
+        }
+        ConnectionClosed | ReadError | WriteError => (GatewayError::UpstreamUnavailable, "closed"),
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => {
+            (GatewayError::UpstreamUnavailable, "protocol")
+        }
+        _ => (GatewayError::UpstreamUnavailable, "other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> UpstreamSettings {
+        let text = format!("[upstream]\nurl = \"{url}\"\n");
+        crate::config::validate(crate::config::parse(&text, "t", &[]).unwrap())
+            .unwrap()
+            .upstream
+    }
+
+    #[test]
+    fn literal_address_is_ready_without_dns() {
+        let up = Upstream::start(settings("http://127.0.0.1:9"));
+        let peer = up.peer().unwrap();
+        assert_eq!(
+            peer.options.connection_timeout,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn host_is_rewritten_and_hop_by_hop_headers_dropped() {
+        let up = Upstream::start(settings("http://127.0.0.1:9"));
+        let mut req = RequestHeader::build("GET", b"/me", None).unwrap();
+        req.insert_header("host", "edge.local").unwrap();
+        req.insert_header("connection", "keep-alive, x-secret-hop")
+            .unwrap();
+        req.insert_header("x-secret-hop", "1").unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("te", "trailers").unwrap();
+        req.insert_header("api-version", "2026-05-20").unwrap();
+        up.rewrite_request(&mut req).unwrap();
+        assert_eq!(req.headers.get("host").unwrap(), "127.0.0.1:9");
+        for h in ["connection", "x-secret-hop", "keep-alive", "te"] {
+            assert!(req.headers.get(h).is_none(), "{h} kept");
+        }
+        assert!(req.headers.get("api-version").is_some());
+    }
+
+    #[test]
+    fn timeouts_map_to_504_and_refusals_to_502() {
+        let t = Error::new(ErrorType::ReadTimedout);
+        assert_eq!(classify(&t).0, GatewayError::UpstreamTimeout);
+        let r = Error::new(ErrorType::ConnectRefused);
+        assert_eq!(classify(&r).0, GatewayError::UpstreamUnavailable);
+    }
+}

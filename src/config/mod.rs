@@ -82,13 +82,23 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Conf
     validate(file)
 }
 
-/// Parses TOML text into the file format, applying `env` overrides and rejecting unknown keys
-/// by their full dotted name.
-pub fn parse(text: &str, origin: &str, env: &[(String, String)]) -> Result<FileConfig, ConfigError> {
-    let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+/// Parses TOML text into the file format, layered over the embedded default (a file only says
+/// what differs: tables merge key by key, arrays such as `[[cache.routes]]` replace), applying
+/// `env` overrides and rejecting unknown keys by their full dotted name.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: &[(String, String)],
+) -> Result<FileConfig, ConfigError> {
+    let syntax = |origin: &str, e: toml::de::Error| ConfigError::Syntax {
         origin: origin.to_string(),
         message: e.to_string(),
-    })?;
+    };
+    let mut value: toml::Table = EMBEDDED_DEFAULT
+        .parse()
+        .map_err(|e| syntax("embedded default", e))?;
+    let file: toml::Table = text.parse().map_err(|e| syntax(origin, e))?;
+    merge(&mut value, file);
     apply_env(&mut value, env)?;
     let mut unknown = Vec::new();
     let file: FileConfig = serde_ignored::deserialize(toml::Value::Table(value), |path| {
@@ -102,6 +112,18 @@ pub fn parse(text: &str, origin: &str, env: &[(String, String)]) -> Result<FileC
         return Err(ConfigError::UnknownKeys(unknown));
     }
     Ok(file)
+}
+
+/// Deep merge: tables recursively, everything else (scalars, arrays) replaced by `over`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Scalar keys that have no default value, so the schema walk below cannot see them.
@@ -152,7 +174,9 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         }
         let Some((section, key, default)) = known.iter().find(|(s, k, _)| env_name(s, k) == *name)
         else {
-            return Err(ConfigError::UnknownKeys(vec![format!("{name} (environment)")]));
+            return Err(ConfigError::UnknownKeys(vec![format!(
+                "{name} (environment)"
+            )]));
         };
         let dotted = format!("{section}.{key}");
         let value = match default {
@@ -184,8 +208,12 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
 }
 
 fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| invalid(key, format!("{v:?} is not an address like \"127.0.0.1:8080\"")))
+    v.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{v:?} is not an address like \"127.0.0.1:8080\""),
+        )
+    })
 }
 
 fn method(key: &str, v: &str) -> Result<Method, ConfigError> {
@@ -197,13 +225,40 @@ fn pattern(key: &str, v: &str) -> Result<PathPattern, ConfigError> {
     PathPattern::parse(v).map_err(|m| invalid(key, m))
 }
 
-fn secret(key: &str, inline: Option<String>, file: Option<String>) -> Result<Option<String>, ConfigError> {
+/// How secrets kept in files are treated while validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// Read them (running the gateway): an unreadable file is an error.
+    Read,
+    /// Only note unreadable ones (`check-config` on a machine other than the one that runs the
+    /// gateway, such as CI); the setting gets a placeholder value.
+    Note,
+}
+
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<String>,
+    mode: SecretFiles,
+    notes: &mut Vec<String>,
+) -> Result<Option<String>, ConfigError> {
     match (inline, file) {
-        (Some(_), Some(_)) => Err(invalid(key, format!("set `{key}` or `{key}_file`, not both"))),
+        (Some(_), Some(_)) => Err(invalid(
+            key,
+            format!("set `{key}` or `{key}_file`, not both"),
+        )),
         (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| invalid(&format!("{key}_file"), format!("cannot read {path:?}: {e}"))),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if mode == SecretFiles::Note => {
+                notes.push(format!("`{key}_file`: cannot read {path:?} here ({e})"));
+                Ok(Some(format!("<unread {path}>")))
+            }
+            Err(e) => Err(invalid(
+                &format!("{key}_file"),
+                format!("cannot read {path:?}: {e}"),
+            )),
+        },
         (None, None) => Ok(None),
     }
     .and_then(|v| match v {
@@ -230,7 +285,12 @@ fn upstream(f: file::UpstreamFile) -> Result<UpstreamSettings, ConfigError> {
     let tls = match url.scheme() {
         "https" => true,
         "http" => false,
-        other => return Err(invalid("upstream.url", format!("scheme {other:?} is not http or https"))),
+        other => {
+            return Err(invalid(
+                "upstream.url",
+                format!("scheme {other:?} is not http or https"),
+            ))
+        }
     };
     let host = url
         .host_str()
@@ -238,9 +298,14 @@ fn upstream(f: file::UpstreamFile) -> Result<UpstreamSettings, ConfigError> {
         .ok_or_else(|| invalid("upstream.url", "has no host"))?
         .to_string();
     if url.path() != "/" || url.query().is_some() {
-        return Err(invalid("upstream.url", "must be an origin (scheme://host[:port]) with no path"));
+        return Err(invalid(
+            "upstream.url",
+            "must be an origin (scheme://host[:port]) with no path",
+        ));
     }
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let authority = match url.port() {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
@@ -248,7 +313,10 @@ fn upstream(f: file::UpstreamFile) -> Result<UpstreamSettings, ConfigError> {
     Ok(UpstreamSettings {
         url: f.url.clone(),
         tls,
-        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
         port,
         authority,
         connect_timeout: duration("upstream.connect_timeout", &f.connect_timeout)?,
@@ -284,7 +352,11 @@ fn cache(f: file::CacheFile) -> Result<CacheSettings, ConfigError> {
     for (i, r) in f.invalidation.into_iter().enumerate() {
         let k = |field: &str| format!("cache.invalidation[{i}].{field}");
         invalidation.push(InvalidationRule {
-            method: r.method.as_deref().map(|m| method(&k("method"), m)).transpose()?,
+            method: r
+                .method
+                .as_deref()
+                .map(|m| method(&k("method"), m))
+                .transpose()?,
             pattern: pattern(&k("path"), &r.path)?,
             scopes: r.scopes,
         });
@@ -295,10 +367,17 @@ fn cache(f: file::CacheFile) -> Result<CacheSettings, ConfigError> {
         max_memory: size("cache.max_memory", &f.max_memory)?,
         max_object_size: usize::try_from(max_object_size)
             .map_err(|_| invalid("cache.max_object_size", "too large"))?,
-        share: one_of("cache.share", &f.share, &[("per-key", Share::PerKey), ("shared", Share::Shared)])?,
+        share: one_of(
+            "cache.share",
+            &f.share,
+            &[("per-key", Share::PerKey), ("shared", Share::Shared)],
+        )?,
         default_ttl: duration("cache.default_ttl", &f.default_ttl)?,
         negative_ttl: duration("cache.negative_ttl", &f.negative_ttl)?,
-        stale_while_revalidate: duration("cache.stale_while_revalidate", &f.stale_while_revalidate)?,
+        stale_while_revalidate: duration(
+            "cache.stale_while_revalidate",
+            &f.stale_while_revalidate,
+        )?,
         stale_if_error: duration("cache.stale_if_error", &f.stale_if_error)?,
         honor_client_no_cache: f.honor_client_no_cache,
         lock_timeout: duration("cache.lock_timeout", &f.lock_timeout)?,
@@ -311,7 +390,10 @@ fn cache(f: file::CacheFile) -> Result<CacheSettings, ConfigError> {
 fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> {
     let positive = |key: &str, rate: f64, burst: u32| -> Result<(), ConfigError> {
         if !(rate.is_finite() && rate > 0.0) {
-            return Err(invalid(key, format!("rate must be a positive number, got {rate}")));
+            return Err(invalid(
+                key,
+                format!("rate must be a positive number, got {rate}"),
+            ));
         }
         if burst == 0 {
             return Err(invalid(key, "burst must be at least 1"));
@@ -338,16 +420,32 @@ fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> 
             name: t.name,
             rate: t.rate,
             burst: t.burst,
-            key_ids: t.key_ids.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
+            key_ids: t
+                .key_ids
+                .into_iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
         });
     }
     Ok(RateLimitSettings {
         enabled: f.enabled,
         rate: f.rate,
         burst: f.burst,
-        backend: one_of("rate_limit.backend", &f.backend, &[("local", Backend::Local), ("redis", Backend::Redis)])?,
-        count: one_of("rate_limit.count", &f.count, &[("all", Count::All), ("upstream", Count::Upstream)])?,
-        mode: one_of("rate_limit.mode", &f.mode, &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)])?,
+        backend: one_of(
+            "rate_limit.backend",
+            &f.backend,
+            &[("local", Backend::Local), ("redis", Backend::Redis)],
+        )?,
+        count: one_of(
+            "rate_limit.count",
+            &f.count,
+            &[("all", Count::All), ("upstream", Count::Upstream)],
+        )?,
+        mode: one_of(
+            "rate_limit.mode",
+            &f.mode,
+            &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
+        )?,
         max_keys: f.max_keys.max(1),
         tiers,
     })
@@ -355,7 +453,16 @@ fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> 
 
 /// Checks every value of the file format and builds the internal settings.
 pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
+    validate_with(f, SecretFiles::Read).map(|(s, _)| s)
+}
+
+/// [`validate`], with a choice about secret files; returns notes about what was not checked.
+pub fn validate_with(
+    f: FileConfig,
+    mode: SecretFiles,
+) -> Result<(Settings, Vec<String>), ConfigError> {
     use units::{duration, size};
+    let mut notes = Vec::new();
     let listen = ListenSettings {
         proxy: addr("listen.proxy", &f.listen.proxy)?,
         admin: addr("listen.admin", &f.listen.admin)?,
@@ -371,14 +478,22 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         .runtime_dir
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("RASTER_EDGE_RUNTIME_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("raster-edge-{}", listen.proxy.port())));
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("raster-edge-{}", listen.proxy.port()))
+        });
     let server = ServerSettings {
         threads: f.server.threads,
         grace_period: duration("server.grace_period", &f.server.grace_period)?,
         runtime_dir,
         max_request_body: size("server.max_request_body", &f.server.max_request_body)?,
     };
-    let edge_secret = secret("edge.key_id_secret", f.edge.key_id_secret, f.edge.key_id_secret_file)?;
+    let edge_secret = secret(
+        "edge.key_id_secret",
+        f.edge.key_id_secret,
+        f.edge.key_id_secret_file,
+        mode,
+        &mut notes,
+    )?;
     let (key_id_secret, key_id_secret_generated) = match edge_secret {
         Some(s) => (s.into_bytes(), false),
         None => {
@@ -392,7 +507,11 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
     for (i, r) in f.edge.anonymous.iter().enumerate() {
         let k = |field: &str| format!("edge.anonymous[{i}].{field}");
         anonymous.push(RouteMatch {
-            method: r.method.as_deref().map(|m| method(&k("method"), m)).transpose()?,
+            method: r
+                .method
+                .as_deref()
+                .map(|m| method(&k("method"), m))
+                .transpose()?,
             pattern: pattern(&k("path"), &r.path)?,
         });
     }
@@ -401,7 +520,13 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         require_api_version: f.edge.require_api_version,
         anonymous,
         api_version: f.edge.api_version.filter(|v| !v.trim().is_empty()),
-        api_key: secret("edge.api_key", f.edge.api_key, f.edge.api_key_file)?,
+        api_key: secret(
+            "edge.api_key",
+            f.edge.api_key,
+            f.edge.api_key_file,
+            mode,
+            &mut notes,
+        )?,
         key_id_secret,
         key_id_secret_generated,
     };
@@ -409,7 +534,10 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
     let redis = RedisSettings {
         url: {
             let u = &f.redis.url;
-            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://"))
+            {
                 return Err(invalid("redis.url", format!("{u:?} is not a redis:// URL")));
             }
             u.clone()
@@ -418,20 +546,34 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         on_error: one_of(
             "redis.on_error",
             &f.redis.on_error,
-            &[("local", OnError::Local), ("allow", OnError::Allow), ("deny", OnError::Deny)],
+            &[
+                ("local", OnError::Local),
+                ("allow", OnError::Allow),
+                ("deny", OnError::Deny),
+            ],
         )?,
         key_prefix: f.redis.key_prefix,
         invalidation: f.redis.invalidation,
     };
     let admin = AdminSettings {
-        token: secret("admin.token", f.admin.token, f.admin.token_file)?,
+        token: secret(
+            "admin.token",
+            f.admin.token,
+            f.admin.token_file,
+            mode,
+            &mut notes,
+        )?,
     };
     let log = LogSettings {
-        format: one_of("log.format", &f.log.format, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+        format: one_of(
+            "log.format",
+            &f.log.format,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?,
         level: f.log.level,
         access_log: f.log.access_log,
     };
-    Ok(Settings {
+    let settings = Settings {
         listen,
         server,
         upstream: upstream(f.upstream)?,
@@ -441,7 +583,18 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         redis,
         admin,
         log,
-    })
+    };
+    Ok((settings, notes))
+}
+
+/// `check-config`: parses and validates `path` without reading secret files; returns notes.
+pub fn check_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = parse(&text, &path.display().to_string(), &[])?;
+    validate_with(file, SecretFiles::Note).map(|(_, notes)| notes)
 }
 
 #[cfg(test)]
@@ -465,6 +618,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_layers_over_the_embedded_default() {
+        let s = load_str("[cache]\nmax_memory = \"1MiB\"\n").unwrap();
+        assert_eq!(s.cache.max_memory, 1024 * 1024);
+        let defaults = load_str("").unwrap();
+        assert_eq!(s.cache.routes.len(), defaults.cache.routes.len());
+        assert!(
+            s.cache.routes.iter().any(|r| r.name == "assets"),
+            "{:?}",
+            s.cache.routes
+        );
+        // Arrays replace rather than append.
+        let s = load_str("[[cache.routes]]\nname = \"only\"\npath = \"/x\"\n").unwrap();
+        assert_eq!(s.cache.routes.len(), 1);
+    }
+
+    #[test]
     fn unknown_keys_are_named_with_their_path() {
         let e = load_str("[cache]\nmx_memory = \"1MiB\"\n[nope]\nx = 1\n").unwrap_err();
         let msg = e.to_string();
@@ -474,20 +643,27 @@ mod tests {
 
     #[test]
     fn bad_duration_is_reported_by_key() {
-        let e = load_str("[cache]\ndefault_ttl = \"forever\"\n").unwrap_err().to_string();
+        let e = load_str("[cache]\ndefault_ttl = \"forever\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache.default_ttl"), "{e}");
     }
 
     #[test]
     fn bad_enum_lists_the_choices() {
-        let e = load_str("[cache]\nshare = \"everyone\"\n").unwrap_err().to_string();
+        let e = load_str("[cache]\nshare = \"everyone\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache.share") && e.contains("per-key"), "{e}");
     }
 
     #[test]
     fn env_overrides_the_file_with_typed_values() {
         let env = vec![
-            ("RASTER_EDGE_UPSTREAM_URL".to_string(), "http://127.0.0.1:9".to_string()),
+            (
+                "RASTER_EDGE_UPSTREAM_URL".to_string(),
+                "http://127.0.0.1:9".to_string(),
+            ),
             ("RASTER_EDGE_CACHE_ENABLED".to_string(), "false".to_string()),
             ("RASTER_EDGE_RATE_LIMIT_BURST".to_string(), "7".to_string()),
             ("RASTER_EDGE_ADMIN_TOKEN".to_string(), "s3cret".to_string()),
@@ -527,6 +703,9 @@ mod tests {
     fn debug_output_redacts_secrets() {
         let s = load_str("[edge]\napi_key = \"sk-live-123\"\nkey_id_secret = \"hush\"\n[admin]\ntoken = \"tok\"\n").unwrap();
         let dump = format!("{s:?}");
-        assert!(!dump.contains("sk-live-123") && !dump.contains("hush") && !dump.contains("\"tok\""), "{dump}");
+        assert!(
+            !dump.contains("sk-live-123") && !dump.contains("hush") && !dump.contains("\"tok\""),
+            "{dump}"
+        );
     }
 }

@@ -31,14 +31,19 @@ mod tests {
     #[test]
     fn durations_parse_from_human_strings() {
         assert_eq!(duration("k", "30s").ok(), Some(Duration::from_secs(30)));
-        assert_eq!(duration("k", "250ms").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            duration("k", "250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(duration("k", "1m").ok(), Some(Duration::from_secs(60)));
         assert_eq!(duration("k", "0s").ok(), Some(Duration::ZERO));
     }
 
     #[test]
     fn bad_duration_names_the_key() {
-        let e = duration("cache.default_ttl", "soon").unwrap_err().to_string();
+        let e = duration("cache.default_ttl", "soon")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache.default_ttl"), "{e}");
         assert!(duration("k", "30").is_err());
     }
