@@ -531,6 +531,14 @@ pub fn validate_with(
         key_id_secret_generated,
     };
     let rate_limit = rate_limit(f.rate_limit)?;
+    if rate_limit.enabled && rate_limit.backend == Backend::Redis && key_id_secret_generated {
+        // A random per-process secret gives every instance different key ids, so a shared
+        // quota would silently become one quota per instance.
+        return Err(invalid(
+            "edge.key_id_secret",
+            "rate_limit.backend = \"redis\" needs the same key_id_secret (or _file) on every instance",
+        ));
+    }
     let redis = RedisSettings {
         url: {
             let u = &f.redis.url;
@@ -689,6 +697,13 @@ mod tests {
         assert!(load_str("[upstream]\nurl = \"https://x/v1\"\n").is_err());
         let s = load_str("[upstream]\nurl = \"http://127.0.0.1:8081\"\n").unwrap();
         assert_eq!(s.upstream.authority, "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn redis_rate_limits_need_a_shared_key_id_secret() {
+        let e = load_str("[rate_limit]\nbackend = \"redis\"\n").unwrap_err().to_string();
+        assert!(e.contains("edge.key_id_secret"), "{e}");
+        assert!(load_str("[rate_limit]\nbackend = \"redis\"\n[edge]\nkey_id_secret = \"s\"\n").is_ok());
     }
 
     #[test]
