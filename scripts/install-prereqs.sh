@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages raster-edge needs on a Debian machine with a Rust toolchain:
 # cmake (pingora-core builds zlib-ng with it), ca-certificates (upstream TLS verification) and,
-# with --test, redis-server (the tests start their own). Installs only what is missing.
+# with --test, redis-server (the tests start their own) and openssl (a TLS origin in tests). Installs only what is missing.
 set -euo pipefail
 
 want=()
@@ -9,6 +9,7 @@ command -v cmake >/dev/null 2>&1 || want+=(cmake)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || want+=(ca-certificates)
 if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || want+=(openssl)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 

@@ -183,7 +183,8 @@ impl Edge {
         let inject_version = match version {
             Some(_) => false,
             None if self.settings.api_version.is_some() => true,
-            None if self.settings.require_api_version && !self.is_anonymous(&req.method, path) => {
+            // Anonymous routes still need a version: the origin checks it before anything else.
+            None if self.settings.require_api_version => {
                 return Err(GatewayError::ApiVersionRequired)
             }
             None => false,
@@ -279,10 +280,16 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_route_passes_without_key_or_version() {
+    fn anonymous_route_passes_without_key_but_needs_version() {
         let e = Edge::new(settings());
-        let ok = e.check(&req("POST", "/libraries", &[])).unwrap();
+        let ok = e
+            .check(&req("POST", "/libraries", &[("api-version", "2026-05-20")]))
+            .unwrap();
         assert_eq!(ok.principal, Principal::Anonymous);
+        assert_eq!(
+            e.check(&req("POST", "/libraries", &[])),
+            Err(GatewayError::ApiVersionRequired)
+        );
         assert_eq!(
             e.check(&req("GET", "/libraries", &[])),
             Err(GatewayError::Unauthenticated)

@@ -80,7 +80,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => {
-            config::load(Some(&file), &Overrides::default())?;
+            for note in config::check_file(&file)? {
+                eprintln!("note: {note}");
+            }
             println!("{}: ok", file.display());
             Ok(())
         }

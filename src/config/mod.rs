@@ -82,19 +82,23 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, Conf
     validate(file)
 }
 
-/// Parses TOML text into the file format, applying `env` overrides and rejecting unknown keys
-/// by their full dotted name.
+/// Parses TOML text into the file format, layered over the embedded default (a file only says
+/// what differs: tables merge key by key, arrays such as `[[cache.routes]]` replace), applying
+/// `env` overrides and rejecting unknown keys by their full dotted name.
 pub fn parse(
     text: &str,
     origin: &str,
     env: &[(String, String)],
 ) -> Result<FileConfig, ConfigError> {
-    let mut value: toml::Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                origin: origin.to_string(),
-                message: e.to_string(),
-            })?;
+    let syntax = |origin: &str, e: toml::de::Error| ConfigError::Syntax {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    };
+    let mut value: toml::Table = EMBEDDED_DEFAULT
+        .parse()
+        .map_err(|e| syntax("embedded default", e))?;
+    let file: toml::Table = text.parse().map_err(|e| syntax(origin, e))?;
+    merge(&mut value, file);
     apply_env(&mut value, env)?;
     let mut unknown = Vec::new();
     let file: FileConfig = serde_ignored::deserialize(toml::Value::Table(value), |path| {
@@ -108,6 +112,18 @@ pub fn parse(
         return Err(ConfigError::UnknownKeys(unknown));
     }
     Ok(file)
+}
+
+/// Deep merge: tables recursively, everything else (scalars, arrays) replaced by `over`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Scalar keys that have no default value, so the schema walk below cannot see them.
@@ -209,10 +225,22 @@ fn pattern(key: &str, v: &str) -> Result<PathPattern, ConfigError> {
     PathPattern::parse(v).map_err(|m| invalid(key, m))
 }
 
+/// How secrets kept in files are treated while validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// Read them (running the gateway): an unreadable file is an error.
+    Read,
+    /// Only note unreadable ones (`check-config` on a machine other than the one that runs the
+    /// gateway, such as CI); the setting gets a placeholder value.
+    Note,
+}
+
 fn secret(
     key: &str,
     inline: Option<String>,
     file: Option<String>,
+    mode: SecretFiles,
+    notes: &mut Vec<String>,
 ) -> Result<Option<String>, ConfigError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(invalid(
@@ -220,9 +248,17 @@ fn secret(
             format!("set `{key}` or `{key}_file`, not both"),
         )),
         (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| invalid(&format!("{key}_file"), format!("cannot read {path:?}: {e}"))),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if mode == SecretFiles::Note => {
+                notes.push(format!("`{key}_file`: cannot read {path:?} here ({e})"));
+                Ok(Some(format!("<unread {path}>")))
+            }
+            Err(e) => Err(invalid(
+                &format!("{key}_file"),
+                format!("cannot read {path:?}: {e}"),
+            )),
+        },
         (None, None) => Ok(None),
     }
     .and_then(|v| match v {
@@ -418,7 +454,16 @@ fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> 
 
 /// Checks every value of the file format and builds the internal settings.
 pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
+    validate_with(f, SecretFiles::Read).map(|(s, _)| s)
+}
+
+/// [`validate`], with a choice about secret files; returns notes about what was not checked.
+pub fn validate_with(
+    f: FileConfig,
+    mode: SecretFiles,
+) -> Result<(Settings, Vec<String>), ConfigError> {
     use units::{duration, size};
+    let mut notes = Vec::new();
     let listen = ListenSettings {
         proxy: addr("listen.proxy", &f.listen.proxy)?,
         admin: addr("listen.admin", &f.listen.admin)?,
@@ -447,6 +492,8 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         "edge.key_id_secret",
         f.edge.key_id_secret,
         f.edge.key_id_secret_file,
+        mode,
+        &mut notes,
     )?;
     let (key_id_secret, key_id_secret_generated) = match edge_secret {
         Some(s) => (s.into_bytes(), false),
@@ -474,7 +521,13 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         require_api_version: f.edge.require_api_version,
         anonymous,
         api_version: f.edge.api_version.filter(|v| !v.trim().is_empty()),
-        api_key: secret("edge.api_key", f.edge.api_key, f.edge.api_key_file)?,
+        api_key: secret(
+            "edge.api_key",
+            f.edge.api_key,
+            f.edge.api_key_file,
+            mode,
+            &mut notes,
+        )?,
         key_id_secret,
         key_id_secret_generated,
     };
@@ -504,7 +557,13 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         invalidation: f.redis.invalidation,
     };
     let admin = AdminSettings {
-        token: secret("admin.token", f.admin.token, f.admin.token_file)?,
+        token: secret(
+            "admin.token",
+            f.admin.token,
+            f.admin.token_file,
+            mode,
+            &mut notes,
+        )?,
     };
     let log = LogSettings {
         format: one_of(
@@ -515,7 +574,7 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         level: f.log.level,
         access_log: f.log.access_log,
     };
-    Ok(Settings {
+    let settings = Settings {
         listen,
         server,
         upstream: upstream(f.upstream)?,
@@ -525,7 +584,18 @@ pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
         redis,
         admin,
         log,
-    })
+    };
+    Ok((settings, notes))
+}
+
+/// `check-config`: parses and validates `path` without reading secret files; returns notes.
+pub fn check_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = parse(&text, &path.display().to_string(), &[])?;
+    validate_with(file, SecretFiles::Note).map(|(_, notes)| notes)
 }
 
 #[cfg(test)]
@@ -546,6 +616,22 @@ mod tests {
         assert_eq!(s.cache.max_memory, 256 * 1024 * 1024);
         assert_eq!(s.rate_limit.backend, Backend::Local);
         assert!(!s.cache.routes.is_empty());
+    }
+
+    #[test]
+    fn a_file_layers_over_the_embedded_default() {
+        let s = load_str("[cache]\nmax_memory = \"1MiB\"\n").unwrap();
+        assert_eq!(s.cache.max_memory, 1024 * 1024);
+        let defaults = load_str("").unwrap();
+        assert_eq!(s.cache.routes.len(), defaults.cache.routes.len());
+        assert!(
+            s.cache.routes.iter().any(|r| r.name == "assets"),
+            "{:?}",
+            s.cache.routes
+        );
+        // Arrays replace rather than append.
+        let s = load_str("[[cache.routes]]\nname = \"only\"\npath = \"/x\"\n").unwrap();
+        assert_eq!(s.cache.routes.len(), 1);
     }
 
     #[test]

@@ -56,9 +56,7 @@ impl Proc {
         if quiet {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         Proc {
             name: name.to_string(),
             child: Some(child),
@@ -214,9 +212,8 @@ impl Edge {
             if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) {
                 use std::io::Read;
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(
-                    b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                );
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
                 if buf.starts_with(b"HTTP/1.1 200") {
@@ -339,4 +336,102 @@ pub fn auth(key: &str) -> reqwest::header::HeaderMap {
     );
     h.insert("api-version", "2026-05-20".parse().expect("header"));
     h
+}
+
+/// A tiny HTTP/1.1 origin for what raster-mock cannot do on purpose: echo the request head it
+/// received (to see what the gateway forwarded), stall, or cut a body short. Each connection
+/// handles one request; `respond` gets the raw request head and returns the raw bytes to send
+/// (or `None` to close without answering).
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawOrigin {
+    pub fn start<F>(respond: F) -> RawOrigin
+    where
+        F: Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw origin");
+        let addr = listener.local_addr().expect("addr");
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let respond = std::sync::Arc::new(respond);
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let respond = respond.clone();
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(out) = respond(&head) {
+                        let _ = stream.write_all(&out);
+                        let _ = stream.flush();
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        RawOrigin { addr, hits }
+    }
+
+    /// An origin that answers 200 with the request head it received as a JSON string.
+    pub fn echo() -> RawOrigin {
+        RawOrigin::start(|head| {
+            let body = serde_json::json!({ "data": { "head": head } }).to_string();
+            Some(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nkeep-alive: timeout=5\r\nx-hop: 1\r\n\r\n{}",
+                    body.len(),
+                    body
+                )
+                .into_bytes(),
+            )
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Runs a command to completion with a deadline and returns (exit code, stdout, stderr).
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    (code, out, err)
 }

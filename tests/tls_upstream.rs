@@ -1,0 +1,149 @@
+//! HTTPS upstreams: the gateway verifies the origin's certificate chain and host name (SNI), and
+//! trusts a private CA only when `upstream.ca_file` names it. The origin is `openssl s_server`
+//! with a CA and a leaf certificate made for the test.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{auth, client, free_port, wait_for_port, Edge, Proc};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a leaf for `localhost`, and an `openssl s_server` answering HTTPS with them.
+fn tls_origin(dir: &Path) -> (u16, Proc) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=raster-edge test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args([
+        "s_server",
+        "-4",
+        "-accept",
+        &port.to_string(),
+        "-cert",
+        "leaf.pem",
+        "-key",
+        "leaf.key",
+        "-www",
+        "-quiet",
+    ]);
+    let proc = Proc::spawn("openssl s_server", cmd);
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10)
+    ));
+    (port, proc)
+}
+
+const PLAIN: &str = "[cache]\nenabled = false\n[rate_limit]\nenabled = false\n";
+
+#[tokio::test]
+async fn test_https_upstream_verified_with_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _origin) = tls_origin(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let edge = Edge::start(
+        &format!("https://localhost:{port}"),
+        &format!("{PLAIN}[upstream]\nca_file = \"{}\"\n", ca.display()),
+    );
+    let r = client()
+        .get(edge.url("/"))
+        .headers(auth("demo-read"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("s_server"), "{body}");
+}
+
+#[tokio::test]
+async fn test_https_upstream_with_untrusted_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _origin) = tls_origin(dir.path());
+    let edge = Edge::start(&format!("https://localhost:{port}"), PLAIN);
+    let r = client()
+        .get(edge.url("/"))
+        .headers(auth("demo-read"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "UPSTREAM_UNAVAILABLE");
+    assert!(
+        edge.metric("raster_edge_upstream_errors_total", &[("kind", "tls")])
+            .await
+            >= 1.0
+    );
+}
