@@ -45,7 +45,7 @@ ttl = "60s"
 /// A config: no rate limit, an admin token, `cache` lines added to `[cache]`, then `routes`.
 fn config(cache: &str, routes: &str) -> String {
     format!(
-        "[rate_limit]\nenabled = false\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[cache]\nenabled = true\nnegative_ttl = \"60s\"\n{cache}\n{routes}"
+        "[rate_limit]\nenabled = false\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[cache]\nenabled = true\n{cache}\n{routes}"
     )
 }
 
@@ -157,15 +157,26 @@ async fn test_cache_miss_then_hit_with_one_upstream_request() {
     );
     let b = get(&edge, &path, "demo-read").await;
     assert_eq!(b.x_cache(), "HIT");
-    assert!(b.h("cache-status").starts_with("raster-edge; hit; ttl="), "{}", b.h("cache-status"));
+    assert!(
+        b.h("cache-status").starts_with("raster-edge; hit; ttl="),
+        "{}",
+        b.h("cache-status")
+    );
     assert!(b.headers.contains_key("age"));
     assert_eq!(b.body, a.body);
     assert_eq!(b.h("etag"), a.h("etag"));
-    assert!(b.h("vary").contains("Api-Version"), "Vary kept: {}", b.h("vary"));
+    assert!(
+        b.h("vary").contains("Api-Version"),
+        "Vary kept: {}",
+        b.h("vary")
+    );
     assert_eq!(mock.requests().await, 1);
     assert!(
-        edge.metric("raster_edge_cache_lookups_total", &[("result", "hit"), ("route", "assets")])
-            .await
+        edge.metric(
+            "raster_edge_cache_lookups_total",
+            &[("result", "hit"), ("route", "assets")]
+        )
+        .await
             >= 1.0
     );
     assert!(edge.metric("raster_edge_cache_entries", &[]).await >= 1.0);
@@ -196,7 +207,10 @@ async fn test_cache_keys_never_see_each_others_bodies_on_any_read_route() {
         format!("{LIS}/tags"),
         format!("{ORG}/search/assets?q=a"),
     ];
-    for order in [["demo-read", "demo-barcelona"], ["demo-barcelona", "demo-read"]] {
+    for order in [
+        ["demo-read", "demo-barcelona"],
+        ["demo-barcelona", "demo-read"],
+    ] {
         let (mock, edge) = start("", ROUTES);
         for path in &reads {
             for key in order {
@@ -220,11 +234,26 @@ async fn test_cache_vary_on_another_request_header_selects_variants() {
     let path = format!("{BCN}/tags");
     let fr = [("accept-language", "fr")];
     let en = [("accept-language", "en")];
-    assert_eq!(get_with(&edge, &path, "demo-read", &fr).await.x_cache(), "MISS");
-    assert_eq!(get_with(&edge, &path, "demo-read", &fr).await.x_cache(), "HIT");
-    assert_eq!(get_with(&edge, &path, "demo-read", &en).await.x_cache(), "MISS");
-    assert_eq!(get_with(&edge, &path, "demo-read", &en).await.x_cache(), "HIT");
-    assert_eq!(get_with(&edge, &path, "demo-read", &fr).await.x_cache(), "HIT");
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &fr).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &fr).await.x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &en).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &en).await.x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &fr).await.x_cache(),
+        "HIT"
+    );
     assert_eq!(mock.requests().await, 2);
 }
 
@@ -422,7 +451,12 @@ async fn test_cache_memory_bound_respected_under_churn() {
     let bound = 64 * 1024;
     let (_mock, edge) = start("max_memory = \"64KiB\"", ROUTES);
     for page in 1..=150 {
-        let g = get(&edge, &format!("{BCN}/assets?pageSize=2&page={page}"), "demo-read").await;
+        let g = get(
+            &edge,
+            &format!("{BCN}/assets?pageSize=2&page={page}"),
+            "demo-read",
+        )
+        .await;
         assert_eq!(g.status, 200);
     }
     let bytes = edge.metric("raster_edge_cache_bytes", &[]).await;
@@ -469,7 +503,10 @@ async fn test_cache_head_served_from_cached_get() {
 
 #[tokio::test]
 async fn test_cache_stale_while_revalidate_serves_stale_then_refreshes_once() {
-    let (mock, edge) = start("", &assets_route("ttl = \"1s\"\nstale_while_revalidate = \"30s\""));
+    let (mock, edge) = start(
+        "",
+        &assets_route("ttl = \"1s\"\nstale_while_revalidate = \"30s\""),
+    );
     mock.configure(json!({"latency_ms": 300})).await;
     let path = format!("{BCN}/assets?pageSize=2");
     get(&edge, &path, "demo-read").await;
@@ -480,7 +517,10 @@ async fn test_cache_stale_while_revalidate_serves_stale_then_refreshes_once() {
         assert_eq!(g.status, 200);
         assert_eq!(g.x_cache(), "STALE", "{}", g.h("cache-status"));
         assert!(g.h("cache-status").contains("stale-while-revalidate"));
-        assert!(t.elapsed() < Duration::from_millis(250), "stale answered at once");
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "stale answered at once"
+        );
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "HIT");
@@ -547,8 +587,11 @@ async fn test_cache_coalesces_100_concurrent_cold_requests_into_one() {
     assert_eq!(bodies.len(), 1);
     assert_eq!(mock.requests().await, 1);
     assert!(
-        edge.metric("raster_edge_cache_lookups_total", &[("result", "coalesced")])
-            .await
+        edge.metric(
+            "raster_edge_cache_lookups_total",
+            &[("result", "coalesced")]
+        )
+        .await
             >= 1.0
     );
 }
@@ -569,7 +612,10 @@ async fn test_cache_uncacheable_response_releases_waiters() {
     for t in tasks {
         assert_eq!(t.await.expect("task").status, 200);
     }
-    assert!(t0.elapsed() < Duration::from_secs(3), "waiters were released, not timed out");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "waiters were released, not timed out"
+    );
     // Remembered as uncacheable: no queueing, straight upstream.
     let g = get(&edge, &path, "demo-read").await;
     assert_eq!(g.x_cache(), "BYPASS");
@@ -582,11 +628,23 @@ fn watched() -> Vec<(&'static str, String, &'static str)> {
         ("me", "/me".to_string(), "demo-read"),
         ("libraries", format!("{ORG}/libraries"), "demo-read"),
         ("search", format!("{ORG}/search/assets?q=a"), "demo-read"),
-        ("bcn-assets", format!("{BCN}/assets?pageSize=3"), "demo-read"),
-        ("bcn-assets-k2", format!("{BCN}/assets?pageSize=3"), "demo-barcelona"),
+        (
+            "bcn-assets",
+            format!("{BCN}/assets?pageSize=3"),
+            "demo-read",
+        ),
+        (
+            "bcn-assets-k2",
+            format!("{BCN}/assets?pageSize=3"),
+            "demo-barcelona",
+        ),
         ("bcn-asset", format!("{BCN}/assets/bcn-0002"), "demo-read"),
         ("bcn-tags", format!("{BCN}/tags"), "demo-read"),
-        ("lis-assets", format!("{LIS}/assets?pageSize=3"), "demo-read"),
+        (
+            "lis-assets",
+            format!("{LIS}/assets?pageSize=3"),
+            "demo-read",
+        ),
         ("lis-tags", format!("{LIS}/tags"), "demo-read"),
     ]
 }
@@ -615,7 +673,10 @@ fn multipart() -> (String, Vec<u8>) {
     let body = format!(
         "--{b}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"new.jpg\"\r\nContent-Type: image/jpeg\r\n\r\nJPEGDATA\r\n--{b}--\r\n"
     );
-    (format!("multipart/form-data; boundary={b}"), body.into_bytes())
+    (
+        format!("multipart/form-data; boundary={b}"),
+        body.into_bytes(),
+    )
 }
 
 #[tokio::test]
@@ -742,10 +803,18 @@ async fn test_cache_transfer_invalidates_both_libraries_and_reads_are_fresh() {
     )
     .await;
     assert!(w.status < 300, "{}", w.body);
-    for (p, key) in [(&bcn, "demo-read"), (&lis, "demo-read"), (&lis, "demo-barcelona")] {
+    for (p, key) in [
+        (&bcn, "demo-read"),
+        (&lis, "demo-read"),
+        (&lis, "demo-barcelona"),
+    ] {
         let via = get(&edge, p, key).await;
         let want = direct(&mock, p, key).await;
-        assert_eq!((via.status, via.body), (want.status, want.body), "{p} {key}");
+        assert_eq!(
+            (via.status, via.body),
+            (want.status, want.body),
+            "{p} {key}"
+        );
     }
 }
 
@@ -763,7 +832,13 @@ async fn test_cache_failed_write_invalidates_nothing() {
     .await;
     assert_eq!(w.status, 403);
     // Bad input: 400.
-    let w = write(&edge, reqwest::Method::POST, &format!("{BCN}/assets/tag"), json!({})).await;
+    let w = write(
+        &edge,
+        reqwest::Method::POST,
+        &format!("{BCN}/assets/tag"),
+        json!({}),
+    )
+    .await;
     assert_eq!(w.status, 400);
     assert_eq!(invalidated(&edge).await, Vec::<&str>::new());
 }
@@ -772,29 +847,51 @@ async fn test_cache_failed_write_invalidates_nothing() {
 async fn test_cache_admin_purge_by_scope_and_by_url() {
     let (_mock, edge) = start("", ROUTES);
     warm(&edge).await;
-    assert_eq!(purge(&edge, json!({"scope": BCN}), Some(ADMIN_TOKEN)).await, 200);
+    assert_eq!(
+        purge(&edge, json!({"scope": BCN}), Some(ADMIN_TOKEN)).await,
+        200
+    );
     let mut got = invalidated(&edge).await;
     got.sort();
-    assert_eq!(got, vec!["bcn-asset", "bcn-assets", "bcn-assets-k2", "bcn-tags"]);
+    assert_eq!(
+        got,
+        vec!["bcn-asset", "bcn-assets", "bcn-assets-k2", "bcn-tags"]
+    );
 
     warm(&edge).await;
     let url = format!("{LIS}/assets?pageSize=3");
-    assert_eq!(purge(&edge, json!({"url": url}), Some(ADMIN_TOKEN)).await, 200);
+    assert_eq!(
+        purge(&edge, json!({"url": url}), Some(ADMIN_TOKEN)).await,
+        200
+    );
     assert_eq!(invalidated(&edge).await, vec!["lis-assets"]);
 
     warm(&edge).await;
-    assert_eq!(purge(&edge, json!({"scope": ORG}), Some(ADMIN_TOKEN)).await, 200);
+    assert_eq!(
+        purge(&edge, json!({"scope": ORG}), Some(ADMIN_TOKEN)).await,
+        200
+    );
     let got = invalidated(&edge).await;
     assert_eq!(got.len(), watched().len() - 1, "all but /me: {got:?}");
     assert!(!got.contains(&"me"));
-    assert!(edge.metric("raster_edge_cache_invalidations_total", &[("reason", "purge")]).await >= 3.0);
+    assert!(
+        edge.metric(
+            "raster_edge_cache_invalidations_total",
+            &[("reason", "purge")]
+        )
+        .await
+            >= 3.0
+    );
 }
 
 #[tokio::test]
 async fn test_cache_admin_purge_without_token_is_401() {
     let (_mock, edge) = start("", ROUTES);
     assert_eq!(purge(&edge, json!({"scope": BCN}), None).await, 401);
-    assert_eq!(purge(&edge, json!({"scope": BCN}), Some("wrong")).await, 401);
+    assert_eq!(
+        purge(&edge, json!({"scope": BCN}), Some("wrong")).await,
+        401
+    );
 }
 
 #[tokio::test]
@@ -874,12 +971,21 @@ async fn test_cache_client_no_cache_only_honoured_when_configured() {
     let path = format!("{BCN}/tags");
     let nc = [("cache-control", "no-cache")];
     get(&edge, &path, "demo-read").await;
-    assert_eq!(get_with(&edge, &path, "demo-read", &nc).await.x_cache(), "HIT");
+    assert_eq!(
+        get_with(&edge, &path, "demo-read", &nc).await.x_cache(),
+        "HIT"
+    );
     assert_eq!(mock.requests().await, 1);
 
     let (mock2, edge2) = start("honor_client_no_cache = true", ROUTES);
     get(&edge2, &path, "demo-read").await;
-    let g = get_with(&edge2, &path, "demo-read", &[("cache-control", "max-age=0")]).await;
+    let g = get_with(
+        &edge2,
+        &path,
+        "demo-read",
+        &[("cache-control", "max-age=0")],
+    )
+    .await;
     assert_eq!(g.x_cache(), "REVALIDATED");
     assert_eq!(mock_stats(&mock2).await["conditional"], 1);
 }

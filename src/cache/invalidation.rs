@@ -352,14 +352,18 @@ impl Invalidation {
     /// The generations a read's key carries: own scope, every prefix's tree, the exact URL.
     pub fn generations(&self, path: &str, path_and_query: &str, out: &mut Vec<u64>) {
         out.push(self.own_scope(path).map_or(0, |s| self.scopes.get(&s)));
+        // One tree generation per prefix, always (the key layout must not change when the
+        // first purge happens); the lookups are skipped while no purge ever happened.
+        out.push(self.trees.get("/"));
         if self.trees.used.load(Ordering::Acquire) {
-            out.push(self.trees.get("/"));
             let mut prefix = String::with_capacity(path.len());
             for seg in path.split('/').filter(|s| !s.is_empty()) {
                 prefix.push('/');
                 prefix.push_str(seg);
                 out.push(self.trees.get(&prefix));
             }
+        } else {
+            out.extend(path.split('/').filter(|s| !s.is_empty()).map(|_| 0));
         }
         out.push(self.urls.get(path_and_query));
     }

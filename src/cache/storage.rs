@@ -272,23 +272,15 @@ impl MokaStorage {
     }
 }
 
-/// A stored body, read once (or once per seek).
+/// A stored body, read once.
 pub struct MokaHit {
     body: Bytes,
-    start: usize,
-    end: usize,
     done: bool,
 }
 
 impl MokaHit {
     pub fn new(body: Bytes) -> Self {
-        let end = body.len();
-        Self {
-            body,
-            start: 0,
-            end,
-            done: false,
-        }
+        Self { body, done: false }
     }
 }
 
@@ -299,7 +291,7 @@ impl HandleHit for MokaHit {
             return Ok(None);
         }
         self.done = true;
-        Ok(Some(self.body.slice(self.start..self.end)))
+        Ok(Some(self.body.clone()))
     }
 
     async fn finish(
@@ -312,20 +304,9 @@ impl HandleHit for MokaHit {
     }
 
     fn can_seek(&self) -> bool {
-        true
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        if start >= self.body.len() {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("seek start {start} beyond body of {}", self.body.len()),
-            );
-        }
-        self.start = start;
-        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
-        self.done = false;
-        Ok(())
+        // Range requests bypass the cache (they go to the origin untouched), so hits never
+        // seek; saying so also keeps pingora from advertising `Accept-Ranges` on our behalf.
+        false
     }
 
     fn get_eviction_weight(&self) -> usize {
