@@ -244,6 +244,16 @@ impl MokaStorage {
         }
     }
 
+    /// Stores `body` under `meta` directly (benches, warm-up tools); the request path stores
+    /// through miss handlers.
+    pub fn insert_meta(&self, key: HashBinary, meta: &CacheMeta, body: Bytes) {
+        let mut entry = Entry::new(meta, body);
+        entry.weight = entry
+            .weight
+            .saturating_add(entry.body.len().min(u32::MAX as usize) as u32);
+        self.insert(key, entry);
+    }
+
     pub fn remove(&self, key: &HashBinary) -> bool {
         self.store.remove(key).is_some()
     }
