@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -248,7 +248,9 @@ impl ProxyHttp for Gateway {
         }
 
         // 3. Fresh hits are answered here, without the cache state machine.
-        self.cache.serve_fresh_hit(session, ctx).await
+        self.cache
+            .serve_fresh_hit(session, ctx, self.edge.pinned_api_version())
+            .await
     }
 
     async fn request_body_filter(
@@ -292,6 +294,22 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<CacheKey> {
         self.cache.cache_key(session, ctx)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<ForcedFreshness>> {
+        self.cache
+            .cache_hit_filter(session, meta, hit_handler, is_fresh, ctx)
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        self.cache.cache_miss(session, ctx)
     }
 
     fn response_cache_filter(

@@ -2,54 +2,115 @@
 //! RFC 9111 policy, fresh-hit fast path, scope invalidation on writes, admin purge.
 //!
 //! The gateway ([`crate::gateway`]) delegates every cache hook to [`Cache`]; this module owns
-//! what those hooks decide. Until the cache issue lands, every request is a `BYPASS`.
+//! what those hooks decide:
+//! - [`storage`]: `pingora_cache::Storage` on moka (hit/miss handlers), the uncacheable-key
+//!   predictor;
+//! - [`key`]: primary key framing and `Vary` variance;
+//! - [`policy`]: what may be stored and for how long;
+//! - [`status`]: `X-Cache`, `Cache-Status`, the lookup metric;
+//! - [`invalidation`]: scope / tree / URL generations, write rules, purge;
+//! - [`fast_path`]: fresh hits answered in `request_filter` from the same store.
+//!
+//! What we do at our layer because pingora-cache falls short (and why):
+//! - `should_serve_stale(None)` returns true: the default never serves stale-while-revalidate
+//!   (pitfall 1).
+//! - Our own policy instead of `filters::resp_cacheable`: per-key mode must store `private`
+//!   and authorized responses, and stale-if-error must not be applied to every response
+//!   (pitfalls 2, 3).
+//! - The meta stays in memory in the moka value, not serialized (pitfall 4).
+//! - The lock age timeout is at least the upstream connect + read timeout (pitfall 5).
+//! - Stored headers get an exact `Content-Length` at `finish`, and a finish whose body does not
+//!   match the declared length stores nothing: pingora can finish a miss for a body cut short.
+//! - Uncacheable keys are remembered in a moka set with a TTL (`uncacheable_ttl`) through
+//!   pingora's `CacheablePredictor`, whose stock implementation is an LRU without expiry.
+
+pub mod fast_path;
+pub mod invalidation;
+pub mod key;
+pub mod policy;
+pub mod status;
+pub mod storage;
+
+use std::time::{Duration, SystemTime};
 
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-use crate::config::{CacheSettings, UpstreamSettings};
+use crate::config::{CacheSettings, Share, UpstreamSettings};
 use crate::gateway::RequestCtx;
+use crate::metrics::METRICS;
 
-/// What the cache did for one request, as `X-Cache` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheStatus {
-    /// Not a cacheable request (or the cache is off).
-    #[default]
-    Bypass,
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-}
-
-impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Bypass => "BYPASS",
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Stale => "STALE",
-            CacheStatus::Revalidated => "REVALIDATED",
-        }
-    }
-}
+pub use invalidation::Invalidation;
+use key::Partition;
+pub use status::{CacheStatus, Outcome};
+pub use storage::MokaStorage;
+use storage::UncacheableKeys;
 
 /// Per-request cache state, kept in the gateway's [`RequestCtx`].
 #[derive(Debug, Default)]
 pub struct CacheCtx {
+    /// What `X-Cache` said (the access log and request metrics read it).
     pub status: CacheStatus,
+    /// Why the request is not cacheable, when it is not.
+    bypass: Option<&'static str>,
+    /// The primary key bytes, computed once per request.
+    primary: Option<Vec<u8>>,
+    partition: Option<Partition>,
+    /// Index of the matching `cache.routes` rule.
+    route: Option<usize>,
+    /// The client asked for revalidation and `honor_client_no_cache` allows it.
+    force_revalidate: bool,
+    /// A lookup ran (hit filter or miss).
+    looked_up: bool,
+    /// This request waited on another request's fetch.
+    collapsed: bool,
+    /// The policy's decision on the upstream response.
+    store_decision: Option<Result<(), &'static str>>,
 }
 
 pub struct Cache {
     settings: CacheSettings,
+    authority: String,
+    storage: &'static MokaStorage,
+    lock: &'static CacheKeyLockImpl,
+    predictor: &'static UncacheableKeys,
+    invalidation: Invalidation,
+    lock_wait: Duration,
+    /// `cache.fast_path`: answer fresh hits in `request_filter`.
+    fast_path: bool,
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings, _upstream: &UpstreamSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &CacheSettings, upstream: &UpstreamSettings) -> anyhow::Result<Self> {
+        // Everything pingora-cache is handed must be 'static; the cache lives as long as the
+        // process, so these are leaked once at start.
+        let storage: &'static MokaStorage = Box::leak(Box::new(MokaStorage::new(
+            settings.max_memory,
+            settings.max_object_size,
+        )));
+        // Pitfall 5: a writer holding the lock longer than the age timeout lets waiters
+        // stampede the origin, so the age timeout covers the slowest allowed origin response.
+        let age_timeout = settings
+            .lock_timeout
+            .max(upstream.connect_timeout + upstream.read_timeout);
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(age_timeout));
+        let predictor: &'static UncacheableKeys =
+            Box::leak(Box::new(UncacheableKeys::new(settings.uncacheable_ttl)));
         Ok(Self {
             settings: settings.clone(),
+            authority: upstream.authority.clone(),
+            storage,
+            lock,
+            predictor,
+            invalidation: Invalidation::new(&settings.invalidation)?,
+            lock_wait: settings.lock_timeout,
+            fast_path: settings.fast_path,
         })
     }
 
@@ -57,75 +118,353 @@ impl Cache {
         self.settings.enabled
     }
 
+    pub fn storage(&self) -> &'static MokaStorage {
+        self.storage
+    }
+
+    pub fn invalidation(&self) -> &Invalidation {
+        &self.invalidation
+    }
+
+    /// Decides whether the request is cacheable and computes its key, once. Runs first thing
+    /// in the cache's part of `request_filter` (before the fast path).
+    fn prepare(&self, session: &Session, ctx: &mut RequestCtx, pinned_version: Option<&str>) {
+        if ctx.cache.primary.is_some() || ctx.cache.bypass.is_some() {
+            return;
+        }
+        if !self.settings.enabled {
+            ctx.cache.bypass = Some("disabled");
+            return;
+        }
+        let req = session.req_header();
+        if let Err(reason) = policy::request_cacheable(req) {
+            ctx.cache.bypass = Some(reason);
+            return;
+        }
+        let Some(admitted) = ctx.admitted else {
+            ctx.cache.bypass = Some("unadmitted");
+            return;
+        };
+        let partition = match (self.settings.share, admitted.principal) {
+            (Share::Shared, _) => Partition::Shared,
+            (Share::PerKey, crate::edge::Principal::Key(id)) => Partition::Key(id),
+            (Share::PerKey, crate::edge::Principal::Anonymous) => Partition::Anonymous,
+        };
+        // The effective version: the client's, or the sidecar's pinned one it will get.
+        let version: &[u8] = match req.headers.get("api-version") {
+            Some(v) if !admitted.inject_version => v.as_bytes(),
+            _ => pinned_version.map(str::as_bytes).unwrap_or_default(),
+        };
+        let path = req.uri.path();
+        let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
+        let mut generations = Vec::with_capacity(8);
+        self.invalidation.generations(path, pq, &mut generations);
+        ctx.cache.primary = Some(key::primary(&key::KeyParts {
+            authority: &self.authority,
+            path_and_query: pq,
+            api_version: version,
+            partition,
+            generations: &generations,
+        }));
+        ctx.cache.partition = Some(partition);
+        ctx.cache.route = self
+            .settings
+            .routes
+            .iter()
+            .position(|r| r.pattern.matches(path));
+        ctx.cache.force_revalidate =
+            self.settings.honor_client_no_cache && policy::client_wants_revalidation(req);
+    }
+
     /// Answers a fresh hit straight from the store. `Ok(true)` when the response was written.
     pub async fn serve_fresh_hit(
         &'static self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        pinned_version: Option<&str>,
     ) -> pingora::Result<bool> {
-        Ok(false)
+        self.prepare(session, ctx, pinned_version);
+        if !self.fast_path {
+            return Ok(false);
+        }
+        fast_path::serve(self, session, ctx).await
     }
 
     pub fn request_cache_filter(
         &'static self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if ctx.cache.bypass.is_some() || ctx.cache.primary.is_none() {
+            return Ok(());
+        }
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.lock_wait);
+        session.cache.enable(
+            self.storage,
+            None,
+            Some(self.predictor),
+            Some(self.lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(self.settings.max_object_size);
         Ok(())
     }
 
-    pub fn cache_key(
+    pub fn cache_key(&self, _session: &Session, ctx: &mut RequestCtx) -> pingora::Result<CacheKey> {
+        match &ctx.cache.primary {
+            Some(p) => Ok(CacheKey::new(p.clone(), "")),
+            None => pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "cache key requested for a request that is not cacheable",
+            ),
+        }
+    }
+
+    pub fn cache_hit_filter(
         &self,
-        _session: &Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora::Result<CacheKey> {
-        pingora::Error::e_explain(
-            pingora::ErrorType::InternalError,
-            "cache key requested while the cache is off",
-        )
+        session: &Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<ForcedFreshness>> {
+        ctx.cache.looked_up = true;
+        ctx.cache.status = CacheStatus::Hit;
+        if session.cache.lock_duration().is_some() {
+            ctx.cache.collapsed = true;
+        }
+        if ctx.cache.force_revalidate {
+            // Client no-cache, allowed by config: validate with the origin before use.
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
+    pub fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        session.cache.cache_miss();
+        ctx.cache.looked_up = true;
+        ctx.cache.status = CacheStatus::Miss;
     }
 
     pub fn response_cache_filter(
         &self,
-        _session: &Session,
-        _resp: &ResponseHeader,
-        _ctx: &mut RequestCtx,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<RespCacheable> {
-        Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled))
+        let route = ctx.cache.route.and_then(|i| self.settings.routes.get(i));
+        let now = SystemTime::now();
+        match policy::decide(&self.settings, route, session.req_header(), resp, now) {
+            Ok(f) => {
+                ctx.cache.store_decision = Some(Ok(()));
+                let fresh_until = if f.fresh.is_zero() {
+                    // Stored only to be revalidated: stale from the start.
+                    now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+                } else {
+                    now + f.fresh
+                };
+                let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+                let mut header = resp.clone();
+                header.remove_header(&http::header::CONNECTION);
+                Ok(RespCacheable::Cacheable(CacheMeta::new(
+                    fresh_until,
+                    now,
+                    secs(f.stale_while_revalidate),
+                    secs(f.stale_if_error),
+                    header,
+                )))
+            }
+            Err(reason) => {
+                ctx.cache.store_decision = Some(Err(reason));
+                METRICS
+                    .cache_store_rejections
+                    .with_label_values(&[reason])
+                    .inc();
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+            }
+        }
     }
 
     pub fn cache_vary_filter(
         &self,
-        _meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
-        _req: &RequestHeader,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
     ) -> Option<HashBinary> {
-        None
+        let partition = ctx.cache.partition.unwrap_or(Partition::Shared);
+        key::variance(meta.response_header(), req, partition)
     }
 
     pub fn should_serve_stale(
         &self,
         _session: &mut Session,
         _ctx: &mut RequestCtx,
-        _error: Option<&pingora::Error>,
+        error: Option<&pingora::Error>,
     ) -> bool {
-        false
+        match error {
+            // Pitfall 1: stale-while-revalidate. pingora only asks within the entry's window.
+            None => true,
+            // stale-if-error: the origin failed (connect error, timeout, 5xx); pingora only
+            // asks within the entry's window.
+            Some(e) => {
+                e.esource() == &pingora::ErrorSource::Upstream
+                    || matches!(e.etype(), pingora::ErrorType::HTTPStatus(s) if *s >= 500)
+            }
+        }
+    }
+
+    /// What happened to this request, from pingora-cache's phase and our own notes.
+    fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
+        let now = SystemTime::now();
+        let ttl = |m: &CacheMeta| match m.fresh_until().duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let meta = session.cache.maybe_cache_meta();
+        let fwd_status = ctx.upstream_status;
+        let stored = matches!(ctx.cache.store_decision, Some(Ok(())));
+        let detail = match ctx.cache.store_decision {
+            Some(Err(r)) => Some(r),
+            _ => None,
+        };
+        match session.cache.phase() {
+            CachePhase::Hit => Outcome::Hit {
+                ttl: meta.map_or(0, ttl),
+                collapsed: ctx.cache.collapsed,
+            },
+            CachePhase::StaleUpdating => Outcome::Stale {
+                ttl: meta.map_or(0, ttl),
+                detail: "stale-while-revalidate",
+                fwd_status: None,
+            },
+            CachePhase::Stale => Outcome::Stale {
+                ttl: meta.map_or(0, ttl),
+                detail: "stale-if-error",
+                fwd_status,
+            },
+            CachePhase::Revalidated => Outcome::Revalidated {
+                ttl: meta.map_or(0, ttl),
+                stored: true,
+            },
+            CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated {
+                ttl: meta.map_or(0, ttl),
+                stored: false,
+            },
+            CachePhase::Miss => Outcome::Miss {
+                stale: false,
+                fwd_status,
+                stored,
+                detail,
+            },
+            CachePhase::Expired => Outcome::Miss {
+                stale: true,
+                fwd_status,
+                stored,
+                detail,
+            },
+            CachePhase::Disabled(reason) if ctx.cache.looked_up => Outcome::Miss {
+                stale: false,
+                fwd_status,
+                stored: false,
+                detail: detail.or(Some(disabled_detail(reason))),
+            },
+            CachePhase::Disabled(_) | CachePhase::Bypass if ctx.cache.primary.is_some() => {
+                Outcome::Bypass {
+                    detail: "uncacheable",
+                }
+            }
+            _ => Outcome::Bypass {
+                detail: ctx.cache.bypass.unwrap_or("disabled"),
+            },
+        }
+    }
+
+    /// Adds `X-Cache`, `Cache-Status` (and `Age` when served from the store) and records the
+    /// lookup. Shared by the state machine and the fast path.
+    fn finish_headers(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        outcome: &Outcome,
+        age: Option<u64>,
+    ) -> pingora::Result<()> {
+        let status = outcome.status();
+        ctx.cache.status = status;
+        resp.insert_header("x-cache", status.as_str())?;
+        resp.insert_header("cache-status", outcome.cache_status())?;
+        if let Some(age) = age {
+            resp.insert_header(http::header::AGE, age.to_string())?;
+        }
+        METRICS
+            .cache_lookups
+            .with_label_values(&[outcome.metric(), ctx.route])
+            .inc();
+        Ok(())
     }
 
     /// Response headers for what the cache did (X-Cache, Cache-Status, Age).
     pub fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        resp.insert_header("x-cache", ctx.cache.status.as_str())?;
-        Ok(())
+        if ctx.subrequest {
+            // A background refresh: nobody sees this response, and the client request that
+            // spawned it was already counted.
+            return Ok(());
+        }
+        let outcome = self.outcome(session, ctx);
+        if let CachePhase::Disabled(NoCacheReason::ResponseTooLarge) = session.cache.phase() {
+            METRICS
+                .cache_store_rejections
+                .with_label_values(&["too-large"])
+                .inc();
+        }
+        let age = match outcome {
+            Outcome::Hit { .. } | Outcome::Stale { .. } | Outcome::Revalidated { .. } => {
+                session.cache.maybe_cache_meta().map(|m| m.age().as_secs())
+            }
+            _ => None,
+        };
+        self.finish_headers(resp, ctx, &outcome, age)
     }
 
     /// Called with the response header of a write before it goes downstream: a successful
     /// write invalidates the scopes it touched.
-    pub fn after_write(&self, _req: &RequestHeader, _resp: &ResponseHeader, _ctx: &mut RequestCtx) {
+    pub fn after_write(&self, req: &RequestHeader, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+        if !self.settings.enabled || !(200..400).contains(&resp.status.as_u16()) {
+            return;
+        }
+        let path = req.uri.path();
+        let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
+        let locations: Vec<String> = [http::header::LOCATION, http::header::CONTENT_LOCATION]
+            .iter()
+            .filter_map(|h| resp.headers.get(h))
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| invalidation::same_origin_target(v, &self.authority, path))
+            .collect();
+        let bumped = self.invalidation.on_write(
+            &req.method,
+            path,
+            pq,
+            ctx.write_body.as_deref(),
+            &locations,
+        );
+        tracing::debug!(?bumped, "write invalidated");
+    }
+}
+
+fn disabled_detail(reason: NoCacheReason) -> &'static str {
+    match reason {
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
+        NoCacheReason::CacheLockGiveUp => "lock-released",
+        NoCacheReason::CacheLockTimeout => "lock-timeout",
+        NoCacheReason::Custom(r) => r,
+        _ => "uncacheable",
     }
 }
 
@@ -168,7 +507,20 @@ impl PurgeTarget {
 
 impl Cache {
     /// Invalidates `target` for every key. Returns a short description of what was done.
-    pub fn purge(&self, _target: &PurgeTarget) -> &'static str {
-        "cache disabled"
+    pub fn purge(&self, target: &PurgeTarget) -> &'static str {
+        if !self.settings.enabled {
+            return "cache disabled";
+        }
+        match target {
+            // A tree bump: the scope itself and everything below it.
+            PurgeTarget::Scope(s) => {
+                self.invalidation.bump_tree(s);
+                "scope invalidated"
+            }
+            PurgeTarget::Url(u) => {
+                self.invalidation.bump_url(u);
+                "url invalidated"
+            }
+        }
     }
 }

@@ -157,6 +157,8 @@ pub struct CacheFile {
     pub lock_timeout: String,
     /// How long a key whose response was uncacheable skips the cache lock.
     pub uncacheable_ttl: String,
+    /// Answer fresh hits in `request_filter`, ahead of pingora-cache's state machine.
+    pub fast_path: bool,
     pub routes: Vec<CacheRouteFile>,
     pub invalidation: Vec<InvalidationRuleFile>,
 }
@@ -175,6 +177,7 @@ impl Default for CacheFile {
             honor_client_no_cache: false,
             lock_timeout: "10s".into(),
             uncacheable_ttl: "30s".into(),
+            fast_path: true,
             routes: Vec::new(),
             invalidation: Vec::new(),
         }

@@ -382,6 +382,7 @@ fn cache(f: file::CacheFile) -> Result<CacheSettings, ConfigError> {
         honor_client_no_cache: f.honor_client_no_cache,
         lock_timeout: duration("cache.lock_timeout", &f.lock_timeout)?,
         uncacheable_ttl: duration("cache.uncacheable_ttl", &f.uncacheable_ttl)?,
+        fast_path: f.fast_path,
         routes,
         invalidation,
     })

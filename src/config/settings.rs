@@ -115,6 +115,7 @@ pub struct CacheSettings {
     pub honor_client_no_cache: bool,
     pub lock_timeout: Duration,
     pub uncacheable_ttl: Duration,
+    pub fast_path: bool,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
 }

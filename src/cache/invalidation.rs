@@ -1,0 +1,638 @@
+//! Invalidation by generations: nothing is searched or deleted, keys move on.
+//!
+//! Model (see also DESIGN.md "Invalidation"):
+//! - **Scopes** are path prefixes named by the invalidation rules' scope templates, e.g.
+//!   `/organizations/{org}/libraries/{library}`, `/organizations/{org}`, `/me`.
+//! - Every read has exactly one **own scope**: the most specific scope pattern that matches a
+//!   prefix of its path (reads under a library → that library; the library list and search →
+//!   the org; `/me` → `/me`; anything else → none). Its cache key carries that scope's
+//!   generation, so a write to `barcelona` (which bumps `barcelona` and the org) never touches
+//!   `lisbon` reads, while it does refresh the org's library list and search.
+//! - The key also carries the **tree generation** of every prefix of the path (`/`, `/a`,
+//!   `/a/b`, …). Only an admin purge bumps those, so purging `/organizations/o` invalidates
+//!   everything below it, whatever the configured scopes.
+//! - And the **URL generation** of its exact path and query (RFC 9111 §4.4: a successful
+//!   unsafe request invalidates its target URI and its `Location` / `Content-Location`), bumped
+//!   for every key id at once since the key id is not part of it.
+//!
+//! Generation values come from one process-wide counter, so a value is never reused. Each map
+//! is bounded (moka); a name that falls out of a map reads as the map's **floor**, which is
+//! raised to every value evicted by size or age. An evicted name therefore reads a value at
+//! least as new as the one it had: eviction can only over-invalidate, never resurrect.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::Method;
+use moka::notification::RemovalCause;
+
+use crate::config::InvalidationRule;
+use crate::metrics::METRICS;
+use crate::routes::PathPattern;
+
+/// Names remembered per generation map before the floor takes over.
+const GENERATION_CAPACITY: u64 = 200_000;
+
+/// A bounded map of name → generation with a floor for forgotten names.
+pub struct GenMap {
+    map: moka::sync::Cache<String, u64>,
+    floor: Arc<AtomicU64>,
+    /// Set on the first bump: until then every read is the floor (0) without a lookup.
+    used: AtomicBool,
+}
+
+impl GenMap {
+    fn new(capacity: u64) -> Self {
+        let floor = Arc::new(AtomicU64::new(0));
+        let f = floor.clone();
+        let map = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .eviction_listener(move |_k, v: u64, cause| {
+                // Replaced values are superseded by a newer one for the same name; only a
+                // name that is really forgotten moves the floor.
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    f.fetch_max(v, Ordering::AcqRel);
+                }
+            })
+            .build();
+        Self {
+            map,
+            floor,
+            used: AtomicBool::new(false),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> u64 {
+        if !self.used.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.map
+            .get(name)
+            .unwrap_or_else(|| self.floor.load(Ordering::Acquire))
+    }
+
+    fn set(&self, name: String, generation: u64) {
+        self.used.store(true, Ordering::Release);
+        self.map.insert(name, generation);
+    }
+}
+
+/// One piece of a scope template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    /// `{name}`: a capture of the write's path.
+    Path(String),
+    /// `{body.field}`: a top-level field of the write's JSON body.
+    Body(String),
+}
+
+#[derive(Debug, Clone)]
+struct Template {
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("scope {s:?} must start with '/'"));
+        }
+        let mut pieces = Vec::new();
+        for seg in s.split('/').filter(|s| !s.is_empty()) {
+            if let Some(inner) = seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                if inner.is_empty() {
+                    return Err(format!("scope {s:?}: empty {{}}"));
+                }
+                match inner.strip_prefix("body.") {
+                    Some(f) if !f.is_empty() => pieces.push(Piece::Body(f.to_string())),
+                    Some(_) => return Err(format!("scope {s:?}: empty body field")),
+                    None => pieces.push(Piece::Path(inner.to_string())),
+                }
+            } else if seg.contains(['{', '}']) {
+                return Err(format!("scope {s:?}: braces must enclose a whole segment"));
+            } else {
+                pieces.push(Piece::Literal(seg.to_string()));
+            }
+        }
+        Ok(Self { pieces })
+    }
+
+    /// The template as a read-side pattern (`{body.x}` becomes a plain segment parameter).
+    fn pattern(&self) -> Option<PathPattern> {
+        let mut s = String::new();
+        for (i, p) in self.pieces.iter().enumerate() {
+            s.push('/');
+            match p {
+                Piece::Literal(l) => s.push_str(l),
+                Piece::Path(_) | Piece::Body(_) => s.push_str(&format!("{{p{i}}}")),
+            }
+        }
+        if s.is_empty() {
+            s.push('/');
+        }
+        PathPattern::parse(&s).ok()
+    }
+}
+
+/// What rendering a template gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Rendered {
+    /// A concrete scope path.
+    Scope(String),
+    /// A piece could not be resolved (no such capture, body missing or not a plain segment):
+    /// the prefix before it is purged as a whole tree, which is always safe.
+    Tree(String),
+}
+
+fn plain_segment(v: &str) -> bool {
+    !v.is_empty() && v != "." && v != ".." && !v.contains(['/', '?', '#'])
+}
+
+fn render(
+    t: &Template,
+    caps: &crate::routes::Captures<'_>,
+    body: Option<&serde_json::Value>,
+) -> Rendered {
+    let mut out = String::new();
+    for p in &t.pieces {
+        let v = match p {
+            Piece::Literal(l) => Some(l.clone()),
+            Piece::Path(n) => caps.get(n).map(str::to_string),
+            Piece::Body(f) => body.and_then(|b| b.get(f)).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+        };
+        match v {
+            Some(v) if plain_segment(&v) => {
+                out.push('/');
+                out.push_str(&v);
+            }
+            _ => return Rendered::Tree(if out.is_empty() { "/".into() } else { out }),
+        }
+    }
+    Rendered::Scope(if out.is_empty() { "/".into() } else { out })
+}
+
+struct Rule {
+    method: Option<Method>,
+    pattern: PathPattern,
+    scopes: Vec<Template>,
+}
+
+/// Raster's write routes (raster-api.md), used when the config lists no rules.
+pub const DEFAULT_RULES: &[(&str, &str, &[&str])] = &[
+    (
+        "POST",
+        "/organizations/{org}/libraries",
+        &["/organizations/{org}", "/me"],
+    ),
+    (
+        "PATCH",
+        "/organizations/{org}/libraries/{library}",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+            "/me",
+        ],
+    ),
+    (
+        "POST",
+        "/organizations/{org}/libraries/{library}/assets/transfer",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}/libraries/{body.targetLibraryId}",
+            "/organizations/{org}",
+        ],
+    ),
+    (
+        "POST",
+        "/organizations/{org}/libraries/{library}/assets/tag",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+        ],
+    ),
+    (
+        "POST",
+        "/organizations/{org}/libraries/{library}/assets/untag",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+        ],
+    ),
+    (
+        "PATCH",
+        "/organizations/{org}/libraries/{library}/assets/{asset}/description",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+        ],
+    ),
+    (
+        "POST",
+        "/organizations/{org}/libraries/{library}/assets",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+        ],
+    ),
+    (
+        "DELETE",
+        "/organizations/{org}/libraries/{library}/assets",
+        &[
+            "/organizations/{org}/libraries/{library}",
+            "/organizations/{org}",
+        ],
+    ),
+];
+
+/// Normalises a path to `/a/b` form (no empty segments, no trailing slash).
+pub fn normalize(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+pub struct Invalidation {
+    counter: AtomicU64,
+    scopes: GenMap,
+    trees: GenMap,
+    urls: GenMap,
+    rules: Vec<Rule>,
+    /// Read-side scope patterns, most specific (longest) first.
+    scope_patterns: Vec<PathPattern>,
+}
+
+/// What a write invalidated, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Bumped {
+    pub scopes: Vec<String>,
+    pub trees: Vec<String>,
+    pub urls: Vec<String>,
+}
+
+impl Invalidation {
+    pub fn new(configured: &[InvalidationRule]) -> anyhow::Result<Self> {
+        let mut rules = Vec::new();
+        if configured.is_empty() {
+            for (m, p, scopes) in DEFAULT_RULES {
+                rules.push(Rule {
+                    method: Some(Method::from_bytes(m.as_bytes())?),
+                    pattern: PathPattern::parse(p).map_err(anyhow::Error::msg)?,
+                    scopes: scopes
+                        .iter()
+                        .map(|s| Template::parse(s))
+                        .collect::<Result<_, _>>()
+                        .map_err(anyhow::Error::msg)?,
+                });
+            }
+        } else {
+            for (i, r) in configured.iter().enumerate() {
+                let scopes = r
+                    .scopes
+                    .iter()
+                    .map(|s| Template::parse(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("cache.invalidation[{i}].scopes: {e}"))?;
+                rules.push(Rule {
+                    method: r.method.clone(),
+                    pattern: r.pattern.clone(),
+                    scopes,
+                });
+            }
+        }
+        let mut scope_patterns: Vec<PathPattern> = Vec::new();
+        for t in rules.iter().flat_map(|r| r.scopes.iter()) {
+            if let Some(p) = t.pattern() {
+                if !scope_patterns.iter().any(|q| q.as_str() == p.as_str()) {
+                    scope_patterns.push(p);
+                }
+            }
+        }
+        let depth = |p: &PathPattern| p.as_str().split('/').filter(|s| !s.is_empty()).count();
+        scope_patterns.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+        Ok(Self {
+            counter: AtomicU64::new(0),
+            scopes: GenMap::new(GENERATION_CAPACITY),
+            trees: GenMap::new(GENERATION_CAPACITY),
+            urls: GenMap::new(GENERATION_CAPACITY),
+            rules,
+            scope_patterns,
+        })
+    }
+
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The most specific configured scope that is a prefix of `path`, normalised.
+    pub fn own_scope(&self, path: &str) -> Option<String> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        for n in (0..=segs.len()).rev() {
+            let prefix = if n == 0 {
+                "/".to_string()
+            } else {
+                format!("/{}", segs[..n].join("/"))
+            };
+            if self.scope_patterns.iter().any(|p| p.matches(&prefix)) {
+                return Some(prefix);
+            }
+        }
+        None
+    }
+
+    /// The generations a read's key carries: own scope, every prefix's tree, the exact URL.
+    pub fn generations(&self, path: &str, path_and_query: &str, out: &mut Vec<u64>) {
+        out.push(self.own_scope(path).map_or(0, |s| self.scopes.get(&s)));
+        // One tree generation per prefix, always (the key layout must not change when the
+        // first purge happens); the lookups are skipped while no purge ever happened.
+        out.push(self.trees.get("/"));
+        if self.trees.used.load(Ordering::Acquire) {
+            let mut prefix = String::with_capacity(path.len());
+            for seg in path.split('/').filter(|s| !s.is_empty()) {
+                prefix.push('/');
+                prefix.push_str(seg);
+                out.push(self.trees.get(&prefix));
+            }
+        } else {
+            out.extend(path.split('/').filter(|s| !s.is_empty()).map(|_| 0));
+        }
+        out.push(self.urls.get(path_and_query));
+    }
+
+    pub fn bump_scope(&self, scope: &str) {
+        let g = self.next();
+        self.scopes.set(normalize(scope), g);
+    }
+
+    pub fn bump_tree(&self, prefix: &str) {
+        let g = self.next();
+        self.trees.set(normalize(prefix), g);
+    }
+
+    pub fn bump_url(&self, path_and_query: &str) {
+        let g = self.next();
+        self.urls.set(path_and_query.to_string(), g);
+    }
+
+    /// Applies a successful write: the scopes of the first matching rule (or, with no rule,
+    /// the write path's own scope), its target URI and the given `Location`-style URIs.
+    pub fn on_write(
+        &self,
+        method: &Method,
+        path: &str,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+        locations: &[String],
+    ) -> Bumped {
+        let mut bumped = Bumped::default();
+        let rule = self.rules.iter().find_map(|r| {
+            if r.method.as_ref().is_some_and(|m| m != method) {
+                return None;
+            }
+            r.pattern.captures(path).map(|c| (r, c))
+        });
+        match rule {
+            Some((rule, caps)) => {
+                let needs_body = rule
+                    .scopes
+                    .iter()
+                    .any(|t| t.pieces.iter().any(|p| matches!(p, Piece::Body(_))));
+                let json = if needs_body {
+                    body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                } else {
+                    None
+                };
+                for t in &rule.scopes {
+                    match render(t, &caps, json.as_ref()) {
+                        Rendered::Scope(s) => bumped.scopes.push(s),
+                        Rendered::Tree(s) => bumped.trees.push(s),
+                    }
+                }
+            }
+            None => {
+                if let Some(s) = self.own_scope(path) {
+                    bumped.scopes.push(s);
+                }
+            }
+        }
+        bumped.scopes.dedup();
+        for s in &bumped.scopes {
+            self.bump_scope(s);
+            METRICS
+                .cache_invalidations
+                .with_label_values(&["write"])
+                .inc();
+        }
+        for t in &bumped.trees {
+            self.bump_tree(t);
+            METRICS
+                .cache_invalidations
+                .with_label_values(&["write"])
+                .inc();
+        }
+        bumped.urls.push(path_and_query.to_string());
+        bumped.urls.extend(locations.iter().cloned());
+        bumped.urls.dedup();
+        for u in &bumped.urls {
+            self.bump_url(u);
+            METRICS
+                .cache_invalidations
+                .with_label_values(&["location"])
+                .inc();
+        }
+        bumped
+    }
+}
+
+/// The path and query of a `Location` / `Content-Location` value when it names the same
+/// origin (RFC 9111 §4.4 forbids invalidating other hosts' URIs on their behalf).
+pub fn same_origin_target(value: &str, authority: &str, base_path: &str) -> Option<String> {
+    let value = value.trim();
+    if value.starts_with("//") {
+        return None;
+    }
+    if value.starts_with('/') {
+        return Some(value.split('#').next().unwrap_or(value).to_string());
+    }
+    if let Ok(u) = url::Url::parse(value) {
+        let host = match u.port() {
+            Some(p) => format!("{}:{p}", u.host_str()?),
+            None => u.host_str()?.to_string(),
+        };
+        if !host.eq_ignore_ascii_case(authority) {
+            return None;
+        }
+        let mut out = u.path().to_string();
+        if let Some(q) = u.query() {
+            out.push('?');
+            out.push_str(q);
+        }
+        return Some(out);
+    }
+    // A relative reference: resolve against the request path.
+    let base = url::Url::parse("http://x").ok()?.join(base_path).ok()?;
+    let u = base.join(value).ok()?;
+    let mut out = u.path().to_string();
+    if let Some(q) = u.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv() -> Invalidation {
+        Invalidation::new(&[]).unwrap()
+    }
+
+    fn gens(i: &Invalidation, path: &str) -> Vec<u64> {
+        let mut v = Vec::new();
+        i.generations(path, path, &mut v);
+        v
+    }
+
+    const BCN: &str = "/organizations/o/libraries/barcelona/assets";
+    const LIS: &str = "/organizations/o/libraries/lisbon/assets";
+    const LIST: &str = "/organizations/o/libraries";
+    const SEARCH: &str = "/organizations/o/search/assets";
+
+    #[test]
+    fn own_scopes() {
+        let i = inv();
+        assert_eq!(
+            i.own_scope(BCN).as_deref(),
+            Some("/organizations/o/libraries/barcelona")
+        );
+        assert_eq!(i.own_scope(LIST).as_deref(), Some("/organizations/o"));
+        assert_eq!(i.own_scope(SEARCH).as_deref(), Some("/organizations/o"));
+        assert_eq!(i.own_scope("/me").as_deref(), Some("/me"));
+        assert_eq!(i.own_scope("/other"), None);
+    }
+
+    #[test]
+    fn asset_write_touches_its_library_and_org_only() {
+        let i = inv();
+        let (b, l, list, me) = (
+            gens(&i, BCN),
+            gens(&i, LIS),
+            gens(&i, LIST),
+            gens(&i, "/me"),
+        );
+        let w = i.on_write(
+            &Method::POST,
+            "/organizations/o/libraries/barcelona/assets/tag",
+            "/organizations/o/libraries/barcelona/assets/tag",
+            None,
+            &[],
+        );
+        assert_eq!(
+            w.scopes,
+            vec!["/organizations/o/libraries/barcelona", "/organizations/o"]
+        );
+        assert_ne!(gens(&i, BCN), b);
+        assert_eq!(gens(&i, LIS), l);
+        assert_ne!(gens(&i, LIST), list);
+        assert_eq!(gens(&i, "/me"), me);
+    }
+
+    #[test]
+    fn transfer_touches_both_libraries() {
+        let i = inv();
+        let l = gens(&i, LIS);
+        let w = i.on_write(
+            &Method::POST,
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            Some(br#"{"targetLibraryId":"lisbon","assetIds":["a"]}"#),
+            &[],
+        );
+        assert!(w
+            .scopes
+            .contains(&"/organizations/o/libraries/lisbon".to_string()));
+        assert_ne!(gens(&i, LIS), l);
+    }
+
+    #[test]
+    fn transfer_without_readable_body_purges_the_org_libraries_tree() {
+        let i = inv();
+        let l = gens(&i, LIS);
+        let w = i.on_write(
+            &Method::POST,
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            Some(b"not json"),
+            &[],
+        );
+        assert_eq!(w.trees, vec!["/organizations/o/libraries"]);
+        assert_ne!(gens(&i, LIS), l);
+    }
+
+    #[test]
+    fn library_create_touches_me_and_org() {
+        let i = inv();
+        let (me, list, b) = (gens(&i, "/me"), gens(&i, LIST), gens(&i, BCN));
+        i.on_write(&Method::POST, LIST, LIST, None, &[]);
+        assert_ne!(gens(&i, "/me"), me);
+        assert_ne!(gens(&i, LIST), list);
+        assert_eq!(gens(&i, BCN), b);
+    }
+
+    #[test]
+    fn tree_purge_invalidates_everything_below() {
+        let i = inv();
+        let (b, l, me) = (gens(&i, BCN), gens(&i, LIS), gens(&i, "/me"));
+        i.bump_tree("/organizations/o/");
+        assert_ne!(gens(&i, BCN), b);
+        assert_ne!(gens(&i, LIS), l);
+        assert_eq!(gens(&i, "/me")[0], me[0]);
+    }
+
+    #[test]
+    fn url_generation_and_locations() {
+        let i = inv();
+        let before = gens(&i, "/x/y");
+        i.bump_url("/x/y");
+        assert_ne!(gens(&i, "/x/y"), before);
+        assert_eq!(
+            same_origin_target("https://api.raster.app/a/b?c=1", "api.raster.app", "/"),
+            Some("/a/b?c=1".into())
+        );
+        assert_eq!(
+            same_origin_target("https://evil/a", "api.raster.app", "/"),
+            None
+        );
+        assert_eq!(
+            same_origin_target("c", "h", "/a/b").as_deref(),
+            Some("/a/c")
+        );
+    }
+
+    #[test]
+    fn evicted_names_never_resurrect_an_old_generation() {
+        let m = GenMap::new(4);
+        for i in 0..100u64 {
+            m.set(format!("n{i}"), i + 1);
+            m.map.run_pending_tasks();
+        }
+        m.map.run_pending_tasks();
+        // Whatever was forgotten reads at least its last value.
+        for i in 0..100u64 {
+            assert!(
+                m.get(&format!("n{i}")) > i,
+                "n{i} reads an older generation"
+            );
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Cacheability and freshness (RFC 9111, adapted to a per-key API cache).
+//!
+//! Order of authority: the origin's `Cache-Control` / `Expires` / `Age` win whenever present;
+//! otherwise the first matching route rule gives the TTL and stale windows; otherwise 404/410
+//! get `negative_ttl` and a 200 gets `default_ttl`; a response with no freshness at all is not
+//! stored. pingora-cache's own `resp_cacheable` is not used: it refuses `private` outright and
+//! applies its default stale-if-error to every response (pitfalls 2 and 3), both wrong here.
+
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::filters::calculate_expires_header_time;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::{CacheRoute, CacheSettings, Share};
+
+use super::key;
+
+/// Statuses a response may be stored with (RFC 9110 §15.1 heuristically cacheable, minus 206
+/// which needs range-aware storage, minus 308 which Raster never sends).
+pub const STORABLE: &[u16] = &[200, 203, 204, 300, 301, 404, 405, 410, 414, 501];
+
+/// Why a response is not stored; also the `detail` of `Cache-Status`.
+pub type Reason = &'static str;
+
+/// What a stored response is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Freshness left at storage time (lifetime minus the origin's `Age`).
+    pub fresh: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// Is this request one the cache may answer or store? `Err` names why not.
+pub fn request_cacheable(req: &RequestHeader) -> Result<(), Reason> {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Err("method");
+    }
+    // Partial content is passed through untouched: storing whole bodies for range requests
+    // would turn a small read into a full download from the origin.
+    if req.headers.contains_key(http::header::RANGE) {
+        return Err("range");
+    }
+    Ok(())
+}
+
+/// The client asked to revalidate (`Cache-Control: no-cache` / `max-age=0`, or legacy
+/// `Pragma: no-cache` without Cache-Control).
+pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
+    match CacheControl::from_req_headers(req) {
+        Some(cc) => cc.no_cache() || matches!(cc.max_age(), Ok(Some(0))),
+        None => req
+            .headers
+            .get(http::header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
+    }
+}
+
+fn has_validator(resp: &ResponseHeader) -> bool {
+    resp.headers.contains_key(http::header::ETAG)
+        || resp.headers.contains_key(http::header::LAST_MODIFIED)
+}
+
+fn header_secs(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<u64> {
+    resp.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn date(resp: &ResponseHeader) -> Option<SystemTime> {
+    let v = resp.headers.get(http::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(v).ok()
+}
+
+/// Decides whether `resp` (to `req`) may be stored and for how long.
+pub fn decide(
+    settings: &CacheSettings,
+    route: Option<&CacheRoute>,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> Result<Freshness, Reason> {
+    let status = resp.status.as_u16();
+    if !STORABLE.contains(&status) {
+        return Err(if status >= 500 {
+            "upstream-error"
+        } else {
+            "status"
+        });
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return Err("set-cookie");
+    }
+    if key::vary_star(resp) {
+        return Err("vary-star");
+    }
+    let shared = settings.share == Share::Shared;
+    let cc = CacheControl::from_resp_headers(resp);
+    let cc = cc.as_ref();
+    if cc.is_some_and(|c| c.no_store()) {
+        return Err("no-store");
+    }
+    if shared && cc.is_some_and(|c| c.private()) {
+        return Err("private");
+    }
+    // RFC 9111 §3.5: a shared cache stores responses to authenticated requests only when the
+    // origin explicitly allows it. In per-key mode the cache is private to the key.
+    if shared
+        && req.headers.contains_key(http::header::AUTHORIZATION)
+        && !cc.is_some_and(|c| {
+            c.public() || matches!(c.s_maxage(), Ok(Some(_))) || c.must_revalidate()
+        })
+    {
+        return Err("authorization");
+    }
+
+    let s_maxage = if shared {
+        cc.and_then(|c| c.s_maxage().ok().flatten())
+    } else {
+        None
+    };
+    let max_age = cc.and_then(|c| c.max_age().ok().flatten());
+    let mut origin: Option<Duration> = s_maxage
+        .or(max_age)
+        .map(|s| Duration::from_secs(u64::from(s)));
+    if origin.is_none() {
+        if let Some(expires) = calculate_expires_header_time(resp) {
+            // RFC 9111 §4.2.1: lifetime = Expires - Date (the origin's clock on both sides).
+            let base = date(resp).unwrap_or(now);
+            origin = Some(expires.duration_since(base).unwrap_or_default());
+        }
+    }
+    let no_cache = cc.is_some_and(|c| c.no_cache());
+    if no_cache {
+        // Stored, but every use must be validated first.
+        origin = Some(Duration::ZERO);
+    }
+
+    let lifetime = match origin {
+        Some(l) => l,
+        None => {
+            if matches!(status, 404 | 410) {
+                settings.negative_ttl
+            } else if let Some(ttl) = route.and_then(|r| r.ttl) {
+                ttl
+            } else if status == 200 {
+                settings.default_ttl
+            } else {
+                Duration::ZERO
+            }
+        }
+    };
+    let age = Duration::from_secs(header_secs(resp, http::header::AGE).unwrap_or(0));
+    let fresh = lifetime.saturating_sub(age);
+    if fresh.is_zero() && !(origin.is_some() && has_validator(resp)) {
+        // Nothing to gain from storing: it would be stale at once and cannot be revalidated.
+        return Err(if origin.is_some() {
+            "stale-on-arrival"
+        } else {
+            "no-freshness"
+        });
+    }
+
+    // must-revalidate / no-cache (and proxy-revalidate for a shared cache) forbid serving stale.
+    let no_stale =
+        no_cache || cc.is_some_and(|c| c.must_revalidate() || (shared && c.proxy_revalidate()));
+    let pick = |origin_value: Option<u32>, route_value: Option<Duration>, global: Duration| {
+        if no_stale {
+            return Duration::ZERO;
+        }
+        origin_value
+            .map(|s| Duration::from_secs(u64::from(s)))
+            .or(route_value)
+            .unwrap_or(global)
+    };
+    Ok(Freshness {
+        fresh,
+        stale_while_revalidate: pick(
+            cc.and_then(|c| c.stale_while_revalidate().ok().flatten()),
+            route.and_then(|r| r.stale_while_revalidate),
+            settings.stale_while_revalidate,
+        ),
+        stale_if_error: pick(
+            cc.and_then(|c| c.stale_if_error().ok().flatten()),
+            route.and_then(|r| r.stale_if_error),
+            settings.stale_if_error,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::PathPattern;
+
+    pub(crate) fn settings(share: Share) -> CacheSettings {
+        CacheSettings {
+            enabled: true,
+            max_memory: 1 << 20,
+            max_object_size: 1 << 16,
+            share,
+            default_ttl: Duration::ZERO,
+            negative_ttl: Duration::from_secs(5),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            honor_client_no_cache: false,
+            lock_timeout: Duration::from_secs(5),
+            uncacheable_ttl: Duration::from_secs(30),
+            fast_path: true,
+            routes: vec![],
+            invalidation: vec![],
+        }
+    }
+
+    fn route() -> CacheRoute {
+        CacheRoute {
+            name: "assets".into(),
+            pattern: PathPattern::parse("/a").unwrap(),
+            ttl: Some(Duration::from_secs(15)),
+            stale_while_revalidate: Some(Duration::from_secs(7)),
+            stale_if_error: Some(Duration::from_secs(60)),
+        }
+    }
+
+    fn resp(status: u16, headers: &[(&'static str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    fn req(auth: bool) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
+        if auth {
+            r.insert_header("authorization", "Bearer k").unwrap();
+        }
+        r
+    }
+
+    fn d(
+        s: &CacheSettings,
+        r: Option<&CacheRoute>,
+        h: &ResponseHeader,
+    ) -> Result<Freshness, Reason> {
+        decide(s, r, &req(true), h, SystemTime::now())
+    }
+
+    #[test]
+    fn route_rule_applies_without_origin_freshness() {
+        let s = settings(Share::PerKey);
+        let f = d(&s, Some(&route()), &resp(200, &[])).unwrap();
+        assert_eq!(f.fresh, Duration::from_secs(15));
+        assert_eq!(f.stale_while_revalidate, Duration::from_secs(7));
+        assert_eq!(f.stale_if_error, Duration::from_secs(60));
+        assert_eq!(d(&s, None, &resp(200, &[])), Err("no-freshness"));
+    }
+
+    #[test]
+    fn origin_wins_over_route() {
+        let s = settings(Share::PerKey);
+        let r = route();
+        let f = d(
+            &s,
+            Some(&r),
+            &resp(
+                200,
+                &[("cache-control", "max-age=3, stale-while-revalidate=2")],
+            ),
+        )
+        .unwrap();
+        assert_eq!(f.fresh, Duration::from_secs(3));
+        assert_eq!(f.stale_while_revalidate, Duration::from_secs(2));
+        let f = d(
+            &s,
+            Some(&r),
+            &resp(200, &[("cache-control", "max-age=10"), ("age", "4")]),
+        )
+        .unwrap();
+        assert_eq!(f.fresh, Duration::from_secs(6));
+        assert_eq!(
+            d(&s, Some(&r), &resp(200, &[("cache-control", "no-store")])),
+            Err("no-store")
+        );
+        let f = d(
+            &s,
+            Some(&r),
+            &resp(200, &[("cache-control", "max-age=10, must-revalidate")]),
+        )
+        .unwrap();
+        assert_eq!(f.stale_if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn private_and_authorization_depend_on_share_mode() {
+        let per_key = settings(Share::PerKey);
+        let shared = settings(Share::Shared);
+        let r = route();
+        let private = resp(200, &[("cache-control", "private, max-age=5")]);
+        assert!(d(&per_key, Some(&r), &private).is_ok());
+        assert_eq!(d(&shared, Some(&r), &private), Err("private"));
+        assert_eq!(d(&shared, Some(&r), &resp(200, &[])), Err("authorization"));
+        let public = resp(200, &[("cache-control", "public, max-age=5")]);
+        assert!(d(&shared, Some(&r), &public).is_ok());
+        let smax = resp(200, &[("cache-control", "s-maxage=9, max-age=1")]);
+        assert_eq!(
+            d(&shared, Some(&r), &smax).unwrap().fresh,
+            Duration::from_secs(9)
+        );
+        assert_eq!(
+            d(&per_key, Some(&r), &smax).unwrap().fresh,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn statuses_cookies_and_vary_star() {
+        let s = settings(Share::PerKey);
+        let r = route();
+        for st in [401, 403, 429, 206] {
+            assert_eq!(d(&s, Some(&r), &resp(st, &[])), Err("status"));
+        }
+        for st in [500, 502, 503, 504] {
+            assert_eq!(d(&s, Some(&r), &resp(st, &[])), Err("upstream-error"));
+        }
+        assert_eq!(
+            d(&s, Some(&r), &resp(404, &[])).unwrap().fresh,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            d(&s, Some(&r), &resp(200, &[("set-cookie", "a=b")])),
+            Err("set-cookie")
+        );
+        assert_eq!(
+            d(&s, Some(&r), &resp(200, &[("vary", "*")])),
+            Err("vary-star")
+        );
+    }
+
+    #[test]
+    fn expires_and_no_cache() {
+        let s = settings(Share::PerKey);
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let exp = httpdate::fmt_http_date(now + Duration::from_secs(20));
+        let f = decide(
+            &s,
+            None,
+            &req(false),
+            &resp(200, &[("date", &date), ("expires", &exp)]),
+            now,
+        )
+        .unwrap();
+        assert!(f.fresh >= Duration::from_secs(19) && f.fresh <= Duration::from_secs(20));
+        assert_eq!(
+            d(&s, Some(&route()), &resp(200, &[("expires", "0")])),
+            Err("stale-on-arrival")
+        );
+        let nc = resp(200, &[("cache-control", "no-cache"), ("etag", "\"x\"")]);
+        let f = d(&s, Some(&route()), &nc).unwrap();
+        assert_eq!(f.fresh, Duration::ZERO);
+        assert_eq!(f.stale_while_revalidate, Duration::ZERO);
+    }
+
+    #[test]
+    fn requests_with_range_or_unsafe_methods_bypass() {
+        let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
+        assert!(request_cacheable(&r).is_ok());
+        r.insert_header("range", "bytes=0-1").unwrap();
+        assert_eq!(request_cacheable(&r), Err("range"));
+        let p = RequestHeader::build("POST", b"/a", None).unwrap();
+        assert_eq!(request_cacheable(&p), Err("method"));
+        let mut c = RequestHeader::build("GET", b"/a", None).unwrap();
+        assert!(!client_wants_revalidation(&c));
+        c.insert_header("cache-control", "max-age=0").unwrap();
+        assert!(client_wants_revalidation(&c));
+    }
+}
