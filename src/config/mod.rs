@@ -702,9 +702,13 @@ mod tests {
 
     #[test]
     fn redis_rate_limits_need_a_shared_key_id_secret() {
-        let e = load_str("[rate_limit]\nbackend = \"redis\"\n").unwrap_err().to_string();
+        let e = load_str("[rate_limit]\nbackend = \"redis\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("edge.key_id_secret"), "{e}");
-        assert!(load_str("[rate_limit]\nbackend = \"redis\"\n[edge]\nkey_id_secret = \"s\"\n").is_ok());
+        assert!(
+            load_str("[rate_limit]\nbackend = \"redis\"\n[edge]\nkey_id_secret = \"s\"\n").is_ok()
+        );
     }
 
     #[test]
