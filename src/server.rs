@@ -142,8 +142,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("edge.key_id_secret is not set: key ids are random for this process (tiers by key id will not match)");
     }
     // Storage hooks take `&'static self`: the cache lives as long as the process.
-    let cache: &'static Cache =
-        Box::leak(Box::new(Cache::new(&settings.cache, &settings.upstream)?));
+    let mut cache = Cache::new(&settings.cache, &settings.upstream)?;
+    let fleet_rx = if settings.redis.invalidation && settings.cache.enabled {
+        let (publisher, rx) = crate::cache::fleet::channel();
+        cache.set_fleet(publisher);
+        Some(rx)
+    } else {
+        None
+    };
+    let cache: &'static Cache = Box::leak(Box::new(cache));
+    if let Some(rx) = fleet_rx {
+        crate::cache::fleet::start(settings.redis.clone(), cache, rx)?;
+    }
     let limiter = if settings.rate_limit.enabled {
         Some(RateLimiter::new(&settings.rate_limit, &settings.redis)?)
     } else {

@@ -25,6 +25,7 @@
 //!   pingora's `CacheablePredictor`, whose stock implementation is an LRU without expiry.
 
 pub mod fast_path;
+pub mod fleet;
 pub mod invalidation;
 pub mod key;
 pub mod policy;
@@ -84,6 +85,8 @@ pub struct Cache {
     lock_wait: Duration,
     /// `cache.fast_path`: answer fresh hits in `request_filter`.
     fast_path: bool,
+    /// Publishes local invalidations to the fleet (`redis.invalidation`).
+    fleet: Option<fleet::Publisher>,
 }
 
 impl Cache {
@@ -111,7 +114,32 @@ impl Cache {
             invalidation: Invalidation::new(&settings.invalidation)?,
             lock_wait: settings.lock_timeout,
             fast_path: settings.fast_path,
+            fleet: None,
         })
+    }
+
+    /// Publishes every invalidation this instance makes to the fleet from now on.
+    pub fn set_fleet(&mut self, publisher: fleet::Publisher) {
+        self.fleet = Some(publisher);
+    }
+
+    fn publish(&self, bump: fleet::Bump) {
+        if let Some(f) = &self.fleet {
+            f.publish(bump);
+        }
+    }
+
+    /// Applies an invalidation another instance made.
+    pub fn apply_fleet_bump(&self, bump: &fleet::Bump) {
+        match bump {
+            fleet::Bump::Scope(s) => self.invalidation.bump_scope(s),
+            fleet::Bump::Tree(t) => self.invalidation.bump_tree(t),
+            fleet::Bump::Url(u) => self.invalidation.bump_url(u),
+        }
+        METRICS
+            .cache_invalidations
+            .with_label_values(&["fleet"])
+            .inc();
     }
 
     pub fn enabled(&self) -> bool {
@@ -455,6 +483,21 @@ impl Cache {
             &locations,
         );
         tracing::debug!(?bumped, "write invalidated");
+        if self.fleet.is_some() {
+            let invalidation::Bumped {
+                scopes,
+                trees,
+                urls,
+            } = bumped;
+            scopes
+                .into_iter()
+                .for_each(|s| self.publish(fleet::Bump::Scope(s)));
+            trees
+                .into_iter()
+                .for_each(|t| self.publish(fleet::Bump::Tree(t)));
+            urls.into_iter()
+                .for_each(|u| self.publish(fleet::Bump::Url(u)));
+        }
     }
 }
 
@@ -515,10 +558,12 @@ impl Cache {
             // A tree bump: the scope itself and everything below it.
             PurgeTarget::Scope(s) => {
                 self.invalidation.bump_tree(s);
+                self.publish(fleet::Bump::Tree(s.clone()));
                 "scope invalidated"
             }
             PurgeTarget::Url(u) => {
                 self.invalidation.bump_url(u);
+                self.publish(fleet::Bump::Url(u.clone()));
                 "url invalidated"
             }
         }
