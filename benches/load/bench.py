@@ -316,7 +316,8 @@ def start_varnish(args, run_dir: Path, origin: Target, shm_dir: Path) -> Target:
 
 
 def run_wrk(args, target_base: str, env: dict, duration: float, connections: int,
-            hot_path: str | None, log: Path) -> dict:
+            hot_path: str | None, log: Path, done_file: Path | None = None) -> dict:
+    """One wrk run on the client CPU; `done_file`: stop it (SIGINT) once the file appears."""
     argv = ["taskset", "-c", CLIENT_CPU, args.wrk, "-t1", f"-c{connections}",
             f"-d{max(1, int(round(duration)))}s", "--timeout", "10s", "-s", str(HERE / "wrk.lua")]
     url = target_base + "/"
@@ -327,14 +328,31 @@ def run_wrk(args, target_base: str, env: dict, duration: float, connections: int
     e = dict(os.environ)
     e.update({k: str(v) for k, v in env.items()})
     e.setdefault("BENCH_APIVER", API_VERSION)
+    if done_file is not None:
+        e["BENCH_DONE_FILE"] = str(done_file)
+        done_file.unlink(missing_ok=True)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(argv, env=e, capture_output=True, text=True, timeout=duration + 60)
+    p = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if done_file is not None:
+            deadline = time.monotonic() + duration + 5
+            while p.poll() is None and time.monotonic() < deadline and not done_file.exists():
+                time.sleep(0.05)
+            if p.poll() is None:
+                time.sleep(0.3)  # let the last requests of the pass come back
+                p.send_signal(signal.SIGINT)  # wrk stops and still reports
+        stdout, stderr = p.communicate(timeout=duration + 60)
+    except BaseException:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        raise
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "a") as f:
-        f.write(" ".join(argv) + "\n" + json.dumps(env) + "\n" + r.stdout + r.stderr + "\n")
-    line = next((x for x in r.stdout.splitlines() if x.startswith("BENCHJSON ")), None)
-    if r.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+        f.write(" ".join(argv) + "\n" + json.dumps(env) + "\n" + stdout + stderr + "\n")
+    line = next((x for x in stdout.splitlines() if x.startswith("BENCHJSON ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({p.returncode}): {stderr.strip()[-500:]}")
     out = json.loads(line[len("BENCHJSON "):])
     out["client_cpu_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     return out
@@ -393,11 +411,15 @@ def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) 
     if sc.get("prewarm"):
         t0 = time.monotonic()
         w = run_wrk(args, t.base, dict(env, BENCH_MODE="seq", BENCH_THREADS=1), args.prewarm_max,
-                    32, None, log)
+                    32, None, log, done_file=args.run_dir / "prewarm.done")
         info["prewarm"] = {"requests": w["requests"], "seconds": round(time.monotonic() - t0, 1),
                            "errors": sum(w["errors"].values())}
+        if w["requests"] < args.keys:
+            info["prewarm"]["incomplete"] = True
     else:
-        run_wrk(args, t.base, env, args.warmup, sc["conns"], hot, log)
+        # a different nonce: the all-miss warm-up must not pre-fill the measured run's URLs
+        run_wrk(args, t.base, dict(env, BENCH_NONCE=env["BENCH_NONCE"] + "-warmup"),
+                args.warmup, sc["conns"], hot, log)
     quiet, waited, busy = wait_quiet(args.quiet_wait, args.quiet_threshold)
     pids = t.pids()
     all_ours = pids + origin.pids()
@@ -489,10 +511,11 @@ async def _stampede(port: int, path: str, n: int) -> list[tuple[float, int]]:
 
 def measure_stampede(args, sc: dict, t: Target, origin: Target, rep: int) -> dict:
     path = f"{sc['path']}&stampede={args.stamp}-{t.name}-{rep}"  # a key nobody asked for yet
+    # reset first: it zeroes the request counter (and restores fixtures and runtime config)
+    http("POST", origin.base + "/__mock/reset")
     http("PUT", origin.base + "/__mock/config", {"content-type": "application/json"},
          json.dumps({"latency_ms": args.stampede_latency_ms}).encode())
     try:
-        http("POST", origin.base + "/__mock/reset")
         w0 = time.monotonic()
         res = asyncio.run(_stampede(t.port, path, args.stampede))
         wall = time.monotonic() - w0
@@ -728,6 +751,7 @@ def main() -> int:
     args.stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (args.out or REPO / "bench-results" / args.stamp).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    args.run_dir = run_dir
     shm_dir = Path("/dev/shm") / f"raster-edge-bench-{args.stamp}-{os.getpid()}"
     shm_dir.mkdir(parents=True)
     PROCS.cleanup_paths.append(shm_dir)

@@ -3,7 +3,8 @@
 --   BENCH_MODE   hot | uniform | zipf | seq | unique
 --                hot: no request() (wrk sends one static request; headers come from -H)
 --                uniform/zipf: rotate over BENCH_KEYS (API key, URL) combos
---                seq: one pass over every combo in order (prewarm), then the thread stops
+--                seq: every combo in order, then again (prewarm); once BENCH_KEYS responses have
+--                arrived it creates BENCH_DONE_FILE so the runner can stop wrk (SIGINT)
 --                unique: a never-seen URL on every request (all misses)
 --   BENCH_PATH   the request target (path and query) of the hot / base URL
 --   BENCH_KEYS   number of distinct (API key, URL) combos for uniform/zipf/seq
@@ -25,14 +26,11 @@ for k in string.gmatch(os.getenv("BENCH_APIKEYS") or "demo-read", "[^,]+") do
 end
 local sep = string.find(base, "?", 1, true) and "&" or "?"
 
-local threads = {}
 local thread_id = 0
 
 function setup(thread)
   thread_id = thread_id + 1
   thread:set("tid", thread_id)
-  thread:set("nthreads", 0) -- fixed up below once all threads exist
-  table.insert(threads, thread)
 end
 
 -- combo i (0-based) -> a ready request: API key i % #keys, URL variant floor(i / #keys).
@@ -52,7 +50,9 @@ end
 local reqs = nil
 local cdf = nil
 local counter = 0
-local stop_after = nil
+local stride = 1
+local responses = 0
+local done_file = os.getenv("BENCH_DONE_FILE")
 
 local function lower_bound(t, x)
   local lo, hi = 1, #t
@@ -82,11 +82,10 @@ function init(args)
     for r = 1, nkeys do cdf[r] = cdf[r] / acc end
   end
   if mode == "seq" then
-    -- thread t of n walks combos t-1, t-1+n, ...; wrk has no per-thread count, so
-    -- BENCH_THREADS tells us n.
-    local n = tonumber(os.getenv("BENCH_THREADS") or "1")
+    -- thread t of n walks combos t-1, t-1+n, ...; wrk does not tell a thread how many
+    -- threads there are, so BENCH_THREADS does.
+    stride = tonumber(os.getenv("BENCH_THREADS") or "1")
     counter = (tid or 1) - 1
-    stop_after = n
   end
 end
 
@@ -98,12 +97,8 @@ function request_dynamic()
   elseif mode == "zipf" then
     return reqs[lower_bound(cdf, math.random())]
   elseif mode == "seq" then
-    local i = counter
-    counter = counter + stop_after
-    if i >= nkeys then
-      wrk.thread:stop()
-      i = i % nkeys
-    end
+    local i = counter % nkeys
+    counter = counter + stride
     return reqs[i + 1]
   else -- unique
     counter = counter + 1
@@ -116,6 +111,18 @@ end
 
 if mode ~= "hot" then
   request = request_dynamic
+end
+
+-- wrk runs for its whole -d duration even when a thread stops, so the prewarm pass signals
+-- the runner through a file instead (one thread: its first BENCH_KEYS responses).
+if mode == "seq" and done_file then
+  response = function(status, headers, body)
+    responses = responses + 1
+    if responses == nkeys then
+      local f = io.open(done_file, "w")
+      if f then f:write("done\n"); f:close() end
+    end
+  end
 end
 
 function done(summary, latency, requests)
