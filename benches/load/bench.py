@@ -282,7 +282,7 @@ def start_nginx(args, run_dir: Path, origin: Target, shm_dir: Path) -> Target:
     cfg = render("nginx.conf.in", run_dir / "nginx.conf",
                  {"PORT": port, "ORIGIN_PORT": origin.port, "DIR": run_dir,
                   "CACHE_DIR": cache_dir, "USER_LINE": user_line,
-                  "MAX_MEMORY_MB": args.max_memory_mb})
+                  "NGINX_MAX_SIZE_MB": 4 * args.max_memory_mb})
     log = run_dir / "nginx.log"
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     p = PROCS.start("nginx", ["taskset", "-c", SERVER_CPU, nginx, "-p", str(run_dir), "-e",
@@ -422,7 +422,7 @@ def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) 
                 args.warmup, sc["conns"], hot, log)
     quiet, waited, busy = wait_quiet(args.quiet_wait, args.quiet_threshold)
     pids = t.pids()
-    all_ours = pids + origin.pids()
+    all_ours = sorted(set(pids + origin.pids()))
     c0 = cpu_seconds(pids)
     o0 = cpu_seconds(origin.pids())
     ours0 = cpu_seconds(all_ours)
@@ -434,7 +434,7 @@ def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) 
     j1 = cpu_jiffies()
     pids_after = t.pids()
     c1 = cpu_seconds(pids_after)
-    ours1 = cpu_seconds(pids_after + origin.pids())
+    ours1 = cpu_seconds(sorted(set(pids_after + origin.pids())))
     o1 = cpu_seconds(origin.pids())
     m1 = mock_requests(origin.base)
     secs = res["duration_us"] / 1e6
@@ -695,20 +695,21 @@ def goal_check(summary: dict, meta: dict) -> list[dict]:
     return goals
 
 
-def edge_cache_bytes(t: Target) -> int | None:
-    """raster_edge_cache_*bytes gauge from the admin /metrics, if the cache exports one."""
+def edge_cache_gauges(t: Target) -> dict:
+    """raster_edge_cache_bytes / _entries from raster-edge's admin /metrics (absent: {})."""
+    out = {}
     try:
         _, _, b = http("GET", t.admin + "/metrics")
     except OSError:
-        return None
+        return out
     for line in b.decode(errors="replace").splitlines():
-        if line.startswith("raster_edge_cache_") and "bytes" in line.split()[0] \
-                and "_total" not in line.split()[0] and "bucket" not in line:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("raster_edge_cache_bytes", "raster_edge_cache_entries"):
             try:
-                return int(float(line.split()[-1]))
+                out[parts[0]] = int(float(parts[1]))
             except ValueError:
                 pass
-    return None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,9 +823,10 @@ def main() -> int:
                             + (f"  errors {r['error_count']}" if r["error_count"] else "")
                             + (f"  NOISY: {', '.join(r['noisy'])}" if r["noisy"] else ""))
                     if sc["id"] == "keys-uniform" and name == "raster-edge":
-                        cb = edge_cache_bytes(t)
-                        if cb:
-                            meta["edge_cache_bytes"] = cb
+                        g = edge_cache_gauges(t)
+                        meta["edge_cache_gauges"] = g
+                        if g.get("raster_edge_cache_bytes"):
+                            meta["edge_cache_bytes"] = g["raster_edge_cache_bytes"]
                 results.setdefault(sc["id"], {}).setdefault(name, []).append(r)
                 print(f"[{done:3d}/{total}] {sc['id']:13s} rep {rep + 1} {name:12s} {line}", flush=True)
     body = pages["1k"]["body_bytes"] + 10  # &page=1&k=N adds nothing to the body; ~same size
