@@ -841,7 +841,12 @@ def main() -> int:
               f"{'quick, ' if q else ''}{args.repeats} run(s) × {args.duration:g} s per target and "
               f"scenario, medians; servers on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}, origin on "
               f"CPU {args.origin_cpu}. 1 KB key: `{pages['1k']['path']}` ({pages['1k']['body_bytes']} B), "
-              f"32 KB key: `{pages['32k']['path']}` ({pages['32k']['body_bytes']} B).\n\n")
+              f"32 KB key: `{pages['32k']['path']}` ({pages['32k']['body_bytes']} B).\n\n"
+              f"Machine: {meta['versions'].get('cpu')}, {meta['versions'].get('cpus')} CPUs, Linux "
+              f"{meta['versions'].get('kernel')}; commit {meta['versions'].get('git')}; "
+              f"{meta['versions'].get('raster-edge')}, {meta['versions'].get('nginx')}, "
+              f"{meta['versions'].get('varnish')}, {meta['versions'].get('wrk')}; load average "
+              f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end.\n\n")
     (run_dir / "results.md").write_text(header + md + "\n![chart](chart.svg)\n")
     chart.write_svg(summary, run_dir / "chart.svg", title=f"raster-edge load benchmark {args.stamp}")
     print()
@@ -861,6 +866,13 @@ def versions(args) -> dict:
             v[name] = (r.stdout + r.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             v[name] = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            v["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        v["cpu"] = "?"
+    v["kernel"] = os.uname().release
+    v["cpus"] = os.cpu_count()
     try:
         v["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                   capture_output=True, text=True).stdout.strip()
