@@ -402,7 +402,12 @@ def scenario_list(args, pages: dict) -> list[dict]:
 
 
 def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) -> dict:
-    env = {"BENCH_MODE": sc["mode"], "BENCH_PATH": sc["path"], "BENCH_KEYS": args.keys,
+    path = sc["path"]
+    if sc.get("prewarm"):
+        # A fresh set of keys for every scenario and repeat: entries left by an earlier prewarm
+        # would be hits during this prewarm (not refreshed) and could expire mid-run.
+        path += f"&set={sc['id']}-{rep}"
+    env = {"BENCH_MODE": sc["mode"], "BENCH_PATH": path, "BENCH_KEYS": args.keys,
            "BENCH_APIKEYS": ",".join(API_KEYS), "BENCH_ZIPF_S": args.zipf_s,
            "BENCH_NONCE": f"{args.stamp}-{t.name}-{rep}"}
     hot = sc["path"] if sc["mode"] == "hot" else None
