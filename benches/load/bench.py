@@ -264,8 +264,10 @@ def start_edge(args, run_dir: Path, origin: Target) -> Target:
                  {"PORT": port, "ADMIN_PORT": admin, "ORIGIN_PORT": origin.port,
                   "DIR": run_dir, "MAX_MEMORY_MB": args.max_memory_mb})
     log = run_dir / "raster-edge.log"
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in args.edge_env)
     p = PROCS.start("raster-edge", ["taskset", "-c", SERVER_CPU, str(args.bin_dir / "raster-edge"),
-                                    "--config", str(cfg)], log)
+                                    "--config", str(cfg)], log, env=env)
     t = Target("raster-edge", port, p)
     t.admin = f"http://127.0.0.1:{admin}"
     wait_http(t.admin + "/readyz", "raster-edge", p, log, ok=lambda s: s == 200)
@@ -750,6 +752,9 @@ def main() -> int:
     ap.add_argument("--max-memory-mb", type=int, default=256, help="cache bound for every target")
     ap.add_argument("--origin-cpu", default=CLIENT_CPU, help="CPU list for raster-mock")
     ap.add_argument("--origin-threads", type=int, default=1)
+    ap.add_argument("--edge-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for raster-edge (repeatable), e.g. RASTER_EDGE_… "
+                         "overrides or LD_PRELOAD for an allocator experiment")
     ap.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release")
     ap.add_argument("--out", type=Path, help="results directory (default bench-results/<timestamp>)")
     ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
