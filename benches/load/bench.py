@@ -764,7 +764,7 @@ def main() -> int:
     args.repeats = args.repeats or (1 if q else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 2)
     args.keys = args.keys or 100_000
-    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if q else 10)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if q else 5)
     args.stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (args.out or REPO / "bench-results" / args.stamp).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
