@@ -47,4 +47,4 @@ if [ "$build" -eq 1 ]; then
   (cd "$repo" && cargo build --release --bins)
 fi
 
-exec python3 "$here/bench.py" "${args[@]}"
+exec python3 -B "$here/bench.py" "${args[@]}"
