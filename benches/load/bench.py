@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -187,11 +188,14 @@ def wait_quiet(max_wait: float, threshold: float) -> tuple[bool, float, list[flo
 # HTTP helpers
 
 
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+
+
 def http(method: str, url: str, headers: dict | None = None, body: bytes | None = None,
          timeout: float = 10.0) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with NO_PROXY.open(req, timeout=timeout) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
@@ -665,6 +669,12 @@ def markdown(summary: dict, meta: dict) -> str:
         out.append("")
         out.append("Targets (docs/BENCHMARKS.md):")
         out.append("")
+        edge_check = " ".join(meta.get("checks", {}).get("raster-edge", []))
+        if "BYPASS" in edge_check:
+            out.append("**raster-edge answered `X-Cache: BYPASS` (it does not cache in this build): "
+                       "its hit-scenario numbers are origin round trips and these checks say "
+                       "nothing about its cache.**")
+            out.append("")
         out.append("| target | measured | pass |")
         out.append("|---|---|---|")
         for g in goals:
