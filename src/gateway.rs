@@ -63,6 +63,8 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// Route name for metrics and logs (bounded set).
     pub route: &'static str,
+    /// Index of the matching `[[cache.routes]]` rule, looked up once per request.
+    pub route_index: Option<usize>,
     /// The rate-limit decision, when this request was counted.
     pub rate: Option<Decision>,
     pub cache: CacheCtx,
@@ -202,6 +204,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             admitted: None,
             route: OTHER_ROUTE,
+            route_index: None,
             rate: None,
             cache: CacheCtx::default(),
             subrequest: false,
@@ -223,7 +226,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.subrequest = session.subrequest_ctx.is_some();
-        ctx.route = self.routes.name_for(session.req_header().uri.path());
+        (ctx.route_index, ctx.route) = self.routes.lookup(session.req_header().uri.path());
 
         // 1. Edge checks.
         match self.edge.check(session.req_header()) {

@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use raster_edge::config::{self, LogFormat, Overrides, Settings};
 use raster_edge::edge::KeyIdHasher;
 
+// The request path allocates small, short-lived objects (headers, keys, log fields); glibc's
+// malloc/free were ~10% of CPU on cache hits, mimalloc roughly halves that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A caching, rate-limiting gateway for the Raster REST API.
 #[derive(Parser, Debug)]
 #[command(name = "raster-edge", version, about)]

@@ -80,8 +80,18 @@ impl PathPattern {
         Some(caps)
     }
 
+    /// Like [`Self::captures`] without collecting them: runs for every request, so it
+    /// allocates nothing.
     pub fn matches(&self, path: &str) -> bool {
-        self.captures(path).is_some()
+        let mut parts = split(path);
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (_, None) => return false,
+                (Segment::Literal(lit), Some(part)) if lit != part => return false,
+                _ => {}
+            }
+        }
+        parts.next().is_none()
     }
 
     pub fn as_str(&self) -> &str {
@@ -123,11 +133,17 @@ impl RouteNames {
         Self { routes }
     }
 
+    /// The index of the first route matching `path` (the same index as in the table the
+    /// names were built from) and its name.
+    pub fn lookup(&self, path: &str) -> (Option<usize>, &'static str) {
+        match self.routes.iter().position(|(p, _)| p.matches(path)) {
+            Some(i) => (Some(i), self.routes[i].1),
+            None => (None, OTHER_ROUTE),
+        }
+    }
+
     pub fn name_for(&self, path: &str) -> &'static str {
-        self.routes
-            .iter()
-            .find(|(p, _)| p.matches(path))
-            .map_or(OTHER_ROUTE, |(_, n)| n)
+        self.lookup(path).1
     }
 }
 
@@ -147,6 +163,51 @@ mod tests {
         assert!(!p.matches("/organizations/o/libraries/l/assets/a1"));
         assert!(!p.matches("/organizations/o/libraries/l"));
         assert!(!p.matches("/organizations//libraries/l/assets"));
+    }
+
+    #[test]
+    fn matches_agrees_with_captures() {
+        let patterns = [
+            "/me",
+            "/organizations/{org}/libraries",
+            "/organizations/{org}/libraries/{library}/assets/{asset}",
+            "/a/{b}/c",
+        ];
+        let paths = [
+            "/",
+            "/me",
+            "/me/",
+            "/organizations/o/libraries",
+            "/organizations/o/libraries/l/assets/a",
+            "/organizations/o/libraries/l/assets",
+            "/a/x/c",
+            "/a/x/d",
+            "/a//c",
+            "/a/x/c/d",
+        ];
+        for p in patterns {
+            let pat = PathPattern::parse(p).unwrap();
+            for path in paths {
+                assert_eq!(
+                    pat.matches(path),
+                    pat.captures(path).is_some(),
+                    "{p} vs {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn route_lookup_gives_first_match_index_and_name() {
+        let a = PathPattern::parse("/organizations/{org}/libraries").unwrap();
+        let b = PathPattern::parse("/organizations/{org}/{any}").unwrap();
+        let names = RouteNames::new([(&a, "libraries"), (&b, "catch")]);
+        assert_eq!(
+            names.lookup("/organizations/o/libraries"),
+            (Some(0), "libraries")
+        );
+        assert_eq!(names.lookup("/organizations/o/search"), (Some(1), "catch"));
+        assert_eq!(names.lookup("/nope"), (None, OTHER_ROUTE));
     }
 
     #[test]

@@ -195,11 +195,8 @@ impl Cache {
             generations: &generations,
         }));
         ctx.cache.partition = Some(partition);
-        ctx.cache.route = self
-            .settings
-            .routes
-            .iter()
-            .position(|r| r.pattern.matches(path));
+        // The gateway's route lookup runs on the same `cache.routes` table, in order.
+        ctx.cache.route = ctx.route_index;
         ctx.cache.force_revalidate =
             self.settings.honor_client_no_cache && policy::client_wants_revalidation(req);
     }
