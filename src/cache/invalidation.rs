@@ -335,18 +335,29 @@ impl Invalidation {
 
     /// The most specific configured scope that is a prefix of `path`, normalised.
     pub fn own_scope(&self, path: &str) -> Option<String> {
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        for n in (0..=segs.len()).rev() {
-            let prefix = if n == 0 {
-                "/".to_string()
-            } else {
-                format!("/{}", segs[..n].join("/"))
-            };
-            if self.scope_patterns.iter().any(|p| p.matches(&prefix)) {
-                return Some(prefix);
+        // Runs on every cacheable request: try the prefixes as slices of `path` (longest
+        // first) and allocate only for the one returned. `PathPattern::matches` ignores empty
+        // segments, so a slice ending anywhere inside a run of '/' behaves like its normal form.
+        let mut ends: Vec<usize> = Vec::with_capacity(8);
+        let bytes = path.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'/' && i > 0 && bytes[i - 1] != b'/' {
+                ends.push(i);
             }
         }
-        None
+        if bytes.last().is_some_and(|b| *b != b'/') {
+            ends.push(bytes.len());
+        }
+        for &end in ends.iter().rev() {
+            let prefix = &path[..end];
+            if self.scope_patterns.iter().any(|p| p.matches(prefix)) {
+                return Some(normalize(prefix));
+            }
+        }
+        self.scope_patterns
+            .iter()
+            .any(|p| p.matches("/"))
+            .then(|| "/".to_string())
     }
 
     /// The generations a read's key carries: own scope, every prefix's tree, the exact URL.
@@ -519,6 +530,13 @@ mod tests {
         assert_eq!(i.own_scope(SEARCH).as_deref(), Some("/organizations/o"));
         assert_eq!(i.own_scope("/me").as_deref(), Some("/me"));
         assert_eq!(i.own_scope("/other"), None);
+        // Redundant slashes name the same scope.
+        assert_eq!(
+            i.own_scope("//organizations//o/libraries/barcelona/assets/")
+                .as_deref(),
+            Some("/organizations/o/libraries/barcelona")
+        );
+        assert_eq!(i.own_scope("/me/").as_deref(), Some("/me"));
     }
 
     #[test]
