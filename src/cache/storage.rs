@@ -5,6 +5,11 @@
 //! serialized: a hit rebuilds a `CacheMeta` by cloning the header (no zstd, no msgpack, no
 //! header parse; pitfall 4). The body is one `Bytes` handed out without copying.
 //!
+//! Stored entries own compact, exact-size memory (a header taken from pingora as is would
+//! keep the origin connection's whole read buffer alive), and the weigher counts what an entry
+//! really costs the heap, moka's bookkeeping included: `max_memory` bounds the process's
+//! memory, not just payload bytes.
+//!
 //! Miss handlers buffer the body and insert only in `finish`: a handler dropped without
 //! `finish` (aborted upstream, client gone, object over the size limit) stores nothing, and
 //! `finish` itself refuses a body shorter or longer than its `Content-Length`.
