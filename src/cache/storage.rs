@@ -5,6 +5,11 @@
 //! serialized: a hit rebuilds a `CacheMeta` by cloning the header (no zstd, no msgpack, no
 //! header parse; pitfall 4). The body is one `Bytes` handed out without copying.
 //!
+//! Stored entries own compact, exact-size memory (a header taken from pingora as is would
+//! keep the origin connection's whole read buffer alive), and the weigher counts what an entry
+//! really costs the heap, moka's bookkeeping included: `max_memory` bounds the process's
+//! memory, not just payload bytes.
+//!
 //! Miss handlers buffer the body and insert only in `finish`: a handler dropped without
 //! `finish` (aborted upstream, client gone, object over the size limit) stores nothing, and
 //! `finish` itself refuses a body shorter or longer than its `Content-Length`.
@@ -30,19 +35,30 @@ use pingora::cache::storage::{
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, NoCacheReason, Storage};
 use pingora::http::ResponseHeader;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 
 use crate::metrics::METRICS;
 
-/// Fixed per-entry overhead counted in the weight (moka node, Arc, struct fields).
-const ENTRY_OVERHEAD: usize = 256;
+/// Per-allocation cost on top of the requested size: the allocator's chunk header plus the
+/// rounding of sizes to 16 bytes (glibc and jemalloc both land near this on average).
+const ALLOC_OVERHEAD: usize = 16;
+/// moka's own bookkeeping per entry, measured with a counting allocator (the
+/// `weight_matches_measured_heap_cost` test): the `Arc`'d key, `ValueEntry`, `EntryInfo`,
+/// deque and timer-wheel nodes, the hash-table bucket, and its write-log record.
+const MOKA_PER_ENTRY: usize = 400;
 /// How long past its stale windows an entry with a validator is kept for a conditional
 /// revalidation (at least this, or its own freshness lifetime when longer).
 const MIN_REVALIDATION_GRACE: Duration = Duration::from_secs(60);
 
 /// A stored response: header and freshness in memory, body as one `Bytes`.
+///
+/// Both header and body own exact-size allocations of their own: a header taken as is from
+/// pingora shares (through `Bytes` slices in its values and case map) the whole 4 KiB read
+/// buffer the origin's response was parsed from, which is what made a 1.3 KB response cost
+/// ~7.4 KB of RSS.
 #[derive(Debug)]
 pub struct Entry {
+    /// Compact: no case map, every value a slice of one buffer (see [`compact_header`]).
     pub header: ResponseHeader,
     pub fresh_until: SystemTime,
     pub created: SystemTime,
@@ -54,23 +70,117 @@ pub struct Entry {
     pub body: Bytes,
     /// Until when moka keeps it.
     keep_until: SystemTime,
+    /// Estimated heap bytes this entry holds, moka's share included (see [`entry_cost`]).
     weight: u32,
 }
 
-fn header_weight(h: &ResponseHeader) -> usize {
-    h.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 32)
-        .sum::<usize>()
+/// A copy of `h` that holds no memory of anyone else's: the header values are copied into one
+/// exact-size buffer and sliced from it, the header map is sized for exactly these headers,
+/// and there is no case-preserving name map (names go out in pingora's canonical case; HTTP
+/// header names are case-insensitive). A hit clones it cheaply: one map allocation, a
+/// reference-count bump per value.
+pub fn compact_header(h: &ResponseHeader) -> Result<ResponseHeader> {
+    let total: usize = h.headers.values().map(|v| v.len()).sum();
+    let mut buf = Vec::with_capacity(total);
+    for v in h.headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = Bytes::from(buf);
+    let mut out = ResponseHeader::build_no_case(h.status, Some(h.headers.len()))?;
+    out.set_version(h.version);
+    out.set_reason_phrase(h.get_reason_phrase())?;
+    let mut at = 0;
+    for (name, v) in h.headers.iter() {
+        let end = at + v.len();
+        let mut value = http::HeaderValue::from_maybe_shared(buf.slice(at..end))
+            .or_err(ErrorType::InvalidHTTPHeader, "stored header value")?;
+        value.set_sensitive(v.is_sensitive());
+        out.append_header(name.clone(), value)?;
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Heap bytes held by a compact header (see [`compact_header`]).
+fn header_cost(h: &ResponseHeader) -> usize {
+    // `HeaderMap`: an index table of 4-byte slots (a power of two, 4/3 of the usable capacity)
+    // and a vector of buckets (hash, links, name, value).
+    let cap = h.headers.capacity();
+    let indices = (cap + cap / 3).next_power_of_two() * 4;
+    let bucket = 2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<usize>()
+        + std::mem::size_of::<http::HeaderName>()
+        + std::mem::size_of::<http::HeaderValue>();
+    let values: usize = h.headers.values().map(|v| v.len()).sum();
+    // Names outside `http`'s standard set are allocations of their own; `http` does not say
+    // which are which, so every name is counted as one (an overestimate of a few bytes each).
+    let names: usize = h
+        .headers
+        .keys()
+        .map(|n| n.as_str().len() + ALLOC_OVERHEAD)
+        .sum();
+    let reason = h
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != h.status.canonical_reason())
+        .map_or(0, |r| r.len() + ALLOC_OVERHEAD);
+    // Values buffer plus the `Bytes` shared header its slices point to.
+    let values_buf = values + ALLOC_OVERHEAD + 32 + ALLOC_OVERHEAD;
+    indices + ALLOC_OVERHEAD + cap * bucket + ALLOC_OVERHEAD + names + values_buf + reason
+}
+
+/// What an entry really costs the process: its `Arc` allocation, header, body (one exact
+/// allocation) and moka's per-entry bookkeeping. This is the moka weight, so `max_memory`
+/// bounds real memory and `cache_bytes` reports it.
+fn entry_cost(header: &ResponseHeader, body: &Bytes) -> u32 {
+    let body = if body.is_empty() {
+        0
+    } else {
+        body.len() + ALLOC_OVERHEAD + 32
+    };
+    let arc = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Entry>() + ALLOC_OVERHEAD;
+    (arc + MOKA_PER_ENTRY + header_cost(header) + body).min(u32::MAX as usize) as u32
+}
+
+/// The freshness fields of a `CacheMeta` (which is not `Clone`), kept by a miss handler until
+/// its body is complete.
+struct Freshness {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    epoch: SystemTime,
+    swr_secs: u32,
+    sie_secs: u32,
+    variance: Option<HashBinary>,
+}
+
+impl Freshness {
+    fn of(meta: &CacheMeta) -> Self {
+        Freshness {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            epoch: meta.epoch(),
+            swr_secs: meta.stale_while_revalidate_sec(),
+            sie_secs: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+        }
+    }
 }
 
 impl Entry {
-    fn new(meta: &CacheMeta, body: Bytes) -> Self {
-        let header = meta.response_header_copy();
-        let fresh_until = meta.fresh_until();
-        let swr_secs = meta.stale_while_revalidate_sec();
-        let sie_secs = meta.stale_if_error_sec();
-        let epoch = meta.epoch();
+    fn new(meta: &CacheMeta, body: Bytes) -> Result<Self> {
+        Self::with_header(&Freshness::of(meta), meta.response_header(), body)
+    }
+
+    /// An entry with `f`'s freshness, storing a compact copy of `header`.
+    fn with_header(f: &Freshness, header: &ResponseHeader, body: Bytes) -> Result<Self> {
+        let header = compact_header(header)?;
+        let Freshness {
+            fresh_until,
+            created,
+            epoch,
+            swr_secs,
+            sie_secs,
+            variance,
+        } = *f;
         let stale = Duration::from_secs(u64::from(swr_secs.max(sie_secs)));
         let has_validator = header.headers.contains_key(http::header::ETAG)
             || header.headers.contains_key(http::header::LAST_MODIFIED);
@@ -85,20 +195,19 @@ impl Entry {
         let keep_until = fresh_until
             .checked_add(stale.max(grace))
             .unwrap_or(fresh_until);
-        let weight =
-            (ENTRY_OVERHEAD + header_weight(&header) + body.len()).min(u32::MAX as usize) as u32;
-        Entry {
+        let weight = entry_cost(&header, &body);
+        Ok(Entry {
             header,
             fresh_until,
-            created: meta.created(),
+            created,
             epoch,
             swr_secs,
             sie_secs,
-            variance: meta.variance(),
+            variance,
             body,
             keep_until,
             weight,
-        }
+        })
     }
 
     /// The `CacheMeta` pingora-cache works with, rebuilt without any decoding.
@@ -246,12 +355,12 @@ impl MokaStorage {
 
     /// Stores `body` under `meta` directly (benches, warm-up tools); the request path stores
     /// through miss handlers.
+    /// A header that cannot be stored (it cannot happen for one pingora built) stores nothing.
     pub fn insert_meta(&self, key: HashBinary, meta: &CacheMeta, body: Bytes) {
-        let mut entry = Entry::new(meta, body);
-        entry.weight = entry
-            .weight
-            .saturating_add(entry.body.len().min(u32::MAX as usize) as u32);
-        self.insert(key, entry);
+        match Entry::new(meta, exact(body)) {
+            Ok(entry) => self.insert(key, entry),
+            Err(e) => tracing::warn!(error = %e, "entry not stored"),
+        }
     }
 
     pub fn remove(&self, key: &HashBinary) -> bool {
@@ -275,8 +384,14 @@ impl MokaStorage {
         MokaMiss {
             storage: self,
             key,
-            meta: Some(Entry::new(meta, Bytes::new())),
-            body: Vec::new(),
+            pending: Some((Freshness::of(meta), meta.response_header_copy())),
+            // Sized up front from Content-Length (bounded by the object limit) so the body is
+            // one exact allocation instead of a doubling `Vec` with slack.
+            body: Vec::with_capacity(
+                declared_length(meta.response_header())
+                    .unwrap_or(0)
+                    .min(self.max_object_size),
+            ),
             complete: false,
         }
     }
@@ -336,7 +451,8 @@ impl HandleHit for MokaHit {
 pub struct MokaMiss {
     storage: &'static MokaStorage,
     key: HashBinary,
-    meta: Option<Entry>,
+    /// Freshness and header of the response being stored, until `finish`.
+    pending: Option<(Freshness, ResponseHeader)>,
     body: Vec<u8>,
     complete: bool,
 }
@@ -364,11 +480,11 @@ impl HandleMiss for MokaMiss {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let Some(mut entry) = self.meta.take() else {
+        let Some((fresh, mut header)) = self.pending.take() else {
             return Error::e_explain(ErrorType::InternalError, "miss handler finished twice");
         };
         let len = self.body.len();
-        if let Some(declared) = declared_length(&entry.header) {
+        if let Some(declared) = declared_length(&header) {
             if declared != len {
                 // A truncated (or overlong) body must never become a cached answer.
                 METRICS
@@ -383,19 +499,31 @@ impl HandleMiss for MokaMiss {
         }
         // Stored with an exact Content-Length, so a hit (state machine or fast path) answers
         // with a length instead of re-chunking.
-        entry.header.remove_header(&http::header::TRANSFER_ENCODING);
-        if !matches!(entry.header.status.as_u16(), 204 | 304) {
-            entry
-                .header
-                .insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        header.remove_header(&http::header::TRANSFER_ENCODING);
+        if !matches!(header.status.as_u16(), 204 | 304) {
+            header.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         }
-        entry.body = Bytes::from(std::mem::take(&mut self.body));
-        entry.weight = entry
-            .weight
-            .saturating_add(len.min(u32::MAX as usize) as u32);
+        let body = std::mem::take(&mut self.body);
+        let body = if body.capacity() == body.len() {
+            Bytes::from(body)
+        } else {
+            // `Bytes::from(Vec)` keeps the spare capacity; a copy drops it.
+            Bytes::copy_from_slice(&body)
+        };
+        let entry = Entry::with_header(&fresh, &header, body)?;
         let _ = self.complete;
         self.storage.insert(self.key, entry);
         Ok(MissFinishType::Created(len))
+    }
+}
+
+/// `body` in an allocation of its own and of its exact size: a `Bytes` may be a slice of a
+/// larger buffer (a read buffer, a whole file) that storing it would keep alive.
+fn exact(body: Bytes) -> Bytes {
+    if body.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&body)
     }
 }
 
@@ -446,11 +574,7 @@ impl Storage for MokaStorage {
         let Some(old) = self.store.get(&k) else {
             return Ok(false);
         };
-        let mut entry = Entry::new(meta, old.body.clone());
-        entry.weight = entry
-            .weight
-            .saturating_add(old.body.len().min(u32::MAX as usize) as u32);
-        self.insert(k, entry);
+        self.insert(k, Entry::new(meta, old.body.clone())?);
         Ok(true)
     }
 
