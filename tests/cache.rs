@@ -15,32 +15,7 @@ const LIS: &str = "/organizations/monogram-labs/libraries/lisbon";
 const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// Routes for every Raster read, with TTLs long enough not to expire mid-test.
-const ROUTES: &str = r#"
-[[cache.routes]]
-name = "me"
-path = "/me"
-ttl = "60s"
-[[cache.routes]]
-name = "libraries"
-path = "/organizations/{org}/libraries"
-ttl = "60s"
-[[cache.routes]]
-name = "assets"
-path = "/organizations/{org}/libraries/{library}/assets"
-ttl = "60s"
-[[cache.routes]]
-name = "asset"
-path = "/organizations/{org}/libraries/{library}/assets/{asset}"
-ttl = "60s"
-[[cache.routes]]
-name = "tags"
-path = "/organizations/{org}/libraries/{library}/tags"
-ttl = "60s"
-[[cache.routes]]
-name = "search"
-path = "/organizations/{org}/search/assets"
-ttl = "60s"
-"#;
+const ROUTES: &str = common::RASTER_ROUTES_60S;
 
 /// A config: no rate limit, an admin token, `cache` lines added to `[cache]`, then `routes`.
 fn config(cache: &str, routes: &str) -> String {

@@ -18,30 +18,6 @@ const CONFIG: &str = r#"
 enabled = false
 [cache]
 negative_ttl = "60s"
-[[cache.routes]]
-name = "me"
-path = "/me"
-ttl = "60s"
-[[cache.routes]]
-name = "libraries"
-path = "/organizations/{org}/libraries"
-ttl = "60s"
-[[cache.routes]]
-name = "assets"
-path = "/organizations/{org}/libraries/{library}/assets"
-ttl = "60s"
-[[cache.routes]]
-name = "asset"
-path = "/organizations/{org}/libraries/{library}/assets/{asset}"
-ttl = "60s"
-[[cache.routes]]
-name = "tags"
-path = "/organizations/{org}/libraries/{library}/tags"
-ttl = "60s"
-[[cache.routes]]
-name = "search"
-path = "/organizations/{org}/search/assets"
-ttl = "60s"
 "#;
 
 #[derive(Debug, Clone)]
@@ -119,6 +95,7 @@ fn prop_cache_isolation_and_post_write_freshness() {
     let mock = Mock::start();
     let mut config = CONFIG.to_string();
     config.push_str("\n[admin]\ntoken = \"prop-admin\"\n");
+    config.push_str(common::RASTER_ROUTES_60S);
     let edge = Edge::start(&mock.url(), &config);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -319,6 +319,34 @@ impl Redis {
     }
 }
 
+/// `[[cache.routes]]` for every Raster read, with TTLs long enough not to expire mid-test.
+pub const RASTER_ROUTES_60S: &str = r#"
+[[cache.routes]]
+name = "me"
+path = "/me"
+ttl = "60s"
+[[cache.routes]]
+name = "libraries"
+path = "/organizations/{org}/libraries"
+ttl = "60s"
+[[cache.routes]]
+name = "assets"
+path = "/organizations/{org}/libraries/{library}/assets"
+ttl = "60s"
+[[cache.routes]]
+name = "asset"
+path = "/organizations/{org}/libraries/{library}/assets/{asset}"
+ttl = "60s"
+[[cache.routes]]
+name = "tags"
+path = "/organizations/{org}/libraries/{library}/tags"
+ttl = "60s"
+[[cache.routes]]
+name = "search"
+path = "/organizations/{org}/search/assets"
+ttl = "60s"
+"#;
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
