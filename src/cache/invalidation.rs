@@ -248,17 +248,47 @@ pub const DEFAULT_RULES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// Normalises a path to `/a/b` form (no empty segments, no trailing slash).
+/// Normalises a path to `/a/b` form (no empty segments, no trailing slash, percent-encoded
+/// unreserved characters decoded per RFC 3986 §6.2.2.2), so `/…/libraries/%62arcelona` and
+/// `/…/libraries/barcelona/` name the same scope.
 pub fn normalize(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         out.push('/');
-        out.push_str(seg);
+        push_decoded_unreserved(&mut out, seg);
     }
     if out.is_empty() {
         out.push('/');
     }
     out
+}
+
+/// Appends `seg` with `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`) decoded;
+/// other escapes are kept as they are (they may be significant).
+pub fn push_decoded_unreserved(out: &mut String, seg: &str) {
+    if !seg.contains('%') {
+        out.push_str(seg);
+        return;
+    }
+    let b = seg.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    out.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Copy one whole UTF-8 character.
+        let ch_len = seg[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&seg[i..i + ch_len]);
+        i += ch_len;
+    }
 }
 
 pub struct Invalidation {
@@ -370,7 +400,7 @@ impl Invalidation {
             let mut prefix = String::with_capacity(path.len());
             for seg in path.split('/').filter(|s| !s.is_empty()) {
                 prefix.push('/');
-                prefix.push_str(seg);
+                push_decoded_unreserved(&mut prefix, seg);
                 out.push(self.trees.get(&prefix));
             }
         } else {
@@ -537,6 +567,20 @@ mod tests {
             Some("/organizations/o/libraries/barcelona")
         );
         assert_eq!(i.own_scope("/me/").as_deref(), Some("/me"));
+        // Percent-encoded unreserved characters name the same scope.
+        assert_eq!(
+            i.own_scope("/organizations/o/libraries/%62arcelona/assets")
+                .as_deref(),
+            Some("/organizations/o/libraries/barcelona")
+        );
+    }
+
+    #[test]
+    fn normalize_decodes_only_unreserved_escapes() {
+        assert_eq!(normalize("/a/%62%2Dc/"), "/a/b-c");
+        assert_eq!(normalize("/a/%2F/x"), "/a/%2F/x");
+        assert_eq!(normalize("/a/%zz/%4"), "/a/%zz/%4");
+        assert_eq!(normalize("/ä/%41"), "/ä/A");
     }
 
     #[test]
