@@ -132,9 +132,12 @@ impl Upstream {
     /// `Host` set to the upstream's authority; hop-by-hop headers removed (including any that
     /// `Connection` names).
     pub fn rewrite_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
-        let named = connection_tokens(&req.headers);
-        for name in HOP_BY_HOP.iter().copied().map(String::from).chain(named) {
+        // Tokens first: `Connection` itself is among the constants removed next.
+        for name in connection_tokens(&req.headers) {
             req.remove_header(&name);
+        }
+        for name in HOP_BY_HOP {
+            req.remove_header(*name);
         }
         req.insert_header(http::header::HOST, self.settings.authority.as_str())?;
         Ok(())
@@ -142,9 +145,11 @@ impl Upstream {
 
     /// Hop-by-hop headers removed from the origin's response.
     pub fn rewrite_response(&self, resp: &mut ResponseHeader) {
-        let named = connection_tokens(&resp.headers);
-        for name in HOP_BY_HOP.iter().copied().map(String::from).chain(named) {
+        for name in connection_tokens(&resp.headers) {
             resp.remove_header(&name);
+        }
+        for name in HOP_BY_HOP {
+            resp.remove_header(*name);
         }
     }
 }

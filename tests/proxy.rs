@@ -146,41 +146,47 @@ async fn test_proxy_passes_origin_errors_through_unchanged() {
     assert_eq!(envelope_code(r).await, (401, "INVALID_API_KEY".into()));
 }
 
+/// Request headers of one edge-check case.
+type Headers = &'static [(&'static str, &'static str)];
+
 #[tokio::test]
 async fn test_edge_errors_use_rasters_envelope_and_never_reach_origin() {
     let mock = Mock::start();
     let edge = Edge::start(&mock.url(), PLAIN);
     let c = client();
-    let r = c
-        .get(edge.url("/me"))
-        .header("api-version", "2026-05-20")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(envelope_code(r).await, (401, "UNAUTHENTICATED".into()));
-    let r = c
-        .get(edge.url("/me"))
-        .header("authorization", "Basic ZGVtbzpyZWFk")
-        .header("api-version", "2026-05-20")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(envelope_code(r).await, (401, "UNAUTHENTICATED".into()));
-    let r = c
-        .get(edge.url("/me"))
-        .header("authorization", "Bearer demo-read")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(envelope_code(r).await, (400, "API_VERSION_REQUIRED".into()));
-    let r = c
-        .get(edge.url("/me"))
-        .header("authorization", "Bearer demo-read")
-        .header("api-version", "")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(envelope_code(r).await, (400, "API_VERSION_REQUIRED".into()));
+    let cases: [(Headers, u16, &str); 4] = [
+        (&[("api-version", "2026-05-20")], 401, "UNAUTHENTICATED"),
+        (
+            &[
+                ("authorization", "Basic ZGVtbzpyZWFk"),
+                ("api-version", "2026-05-20"),
+            ],
+            401,
+            "UNAUTHENTICATED",
+        ),
+        (
+            &[("authorization", "Bearer demo-read")],
+            400,
+            "API_VERSION_REQUIRED",
+        ),
+        (
+            &[("authorization", "Bearer demo-read"), ("api-version", "")],
+            400,
+            "API_VERSION_REQUIRED",
+        ),
+    ];
+    for (headers, status, code) in cases {
+        let mut req = c.get(edge.url("/me"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            envelope_code(r).await,
+            (status, code.to_string()),
+            "{headers:?}"
+        );
+    }
     assert_eq!(
         mock.requests().await,
         0,
