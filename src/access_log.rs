@@ -5,7 +5,7 @@
 use pingora::proxy::Session;
 use pingora::Error;
 
-use crate::gateway::RequestCtx;
+use crate::ctx::RequestCtx;
 use crate::metrics::{method_label, status_class, METRICS};
 use crate::routes::path_only;
 
@@ -16,7 +16,7 @@ pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: 
         .map(|r| r.status.as_u16())
         .or_else(|| ctx.error.map(|g| g.status()))
         .unwrap_or(0);
-    let cache = ctx.cache.status.as_str();
+    let cache = ctx.cache_status.as_str();
     let elapsed = ctx.start.elapsed();
     let method = method_label(&req.method);
 
@@ -48,7 +48,11 @@ pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: 
         upstream_status = ctx.upstream_status.unwrap_or(0),
         upstream_ms = ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         key = %key,
-        error = ctx.error.map(|g| g.code()).or(ctx.upstream_error).unwrap_or("-"),
+        error = ctx
+            .error
+            .map(|g| g.code())
+            .or(ctx.upstream_error.map(|k| k.as_str()))
+            .unwrap_or("-"),
         detail = %e.map(|e| e.etype().as_str()).unwrap_or("-"),
     );
 }

@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use subtle::ConstantTimeEq;
 
 use crate::cache::{Cache, PurgeTarget};
 use crate::edge::bearer_token;
 use crate::errors::envelope;
-use crate::metrics::{self, METRICS};
+use crate::metrics::{self, InvalidationReason, METRICS};
 
 /// Largest purge request body read.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -94,7 +96,7 @@ impl Admin {
         let outcome = self.cache.purge(&target);
         METRICS
             .cache_invalidations
-            .with_label_values(&["purge"])
+            .with_label_values(&[InvalidationReason::Purge.as_str()])
             .inc();
         tracing::info!(target = ?target, "admin purge");
         let v = serde_json::json!({ "data": { "purged": target.to_json(), "result": outcome } });
@@ -161,20 +163,39 @@ impl ServeHttp for Admin {
 }
 
 /// Marks the process ready once the proxy listener accepts connections (the admin listener is
-/// up by the time anyone can ask).
-pub fn watch_readiness(proxy: SocketAddr, ready: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new()
-        .name("readiness".into())
-        .spawn(move || loop {
-            if std::net::TcpStream::connect_timeout(&proxy, Duration::from_millis(200)).is_ok() {
-                ready.store(true, Ordering::Release);
+/// up by the time anyone can ask). Pingora signals a service ready before it binds, so the
+/// proxy port itself is asked, with backoff, until it answers; then this service is done.
+pub struct Readiness {
+    proxy: SocketAddr,
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn new(proxy: SocketAddr, ready: Arc<AtomicBool>) -> Self {
+        Self { proxy, ready }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let probe = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(self.proxy),
+            );
+            if let Ok(Ok(_)) = probe.await {
+                self.ready.store(true, Ordering::Release);
                 METRICS.ready.set(1.0);
-                tracing::info!(%proxy, "ready");
+                tracing::info!(proxy = %self.proxy, "ready");
                 return;
             }
-            std::thread::sleep(Duration::from_millis(25));
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the readiness thread");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
     }
 }

@@ -5,7 +5,6 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 
 /// The errors the gateway itself answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -77,39 +76,16 @@ pub fn envelope(code: &str, message: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-/// A complete error response: status, envelope, `content-type`, `content-length`, and any
-/// extra headers (Retry-After, RateLimit…).
-pub fn response_header(
-    err: GatewayError,
-    body_len: usize,
-    extra: &[(&'static str, String)],
-) -> pingora::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(err.status(), Some(4 + extra.len()))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body_len.to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str())?;
-    }
-    Ok(h)
-}
-
-/// Writes `err` as the whole response on `session`. HEAD requests get the headers only.
-pub async fn respond(
-    session: &mut Session,
-    err: GatewayError,
-    extra: &[(&'static str, String)],
-) -> pingora::Result<()> {
+/// A complete error response: status, `content-type`, `content-length`, `cache-control:
+/// no-store`, and the envelope as its body. The gateway decorates and sends it
+/// ([`crate::response::send`]).
+pub fn response(err: GatewayError) -> pingora::Result<(ResponseHeader, Bytes)> {
     let body = err.body();
-    let header = response_header(err, body.len(), extra)?;
-    let head = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head)
-        .await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    let mut h = ResponseHeader::build(err.status(), Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    Ok((h, body))
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! The request path, in order. [`Gateway`] is the Pingora `ProxyHttp` implementation; each hook
-//! does one step and delegates the substance: [`crate::edge`] (reserved paths, credentials,
-//! version, key id) → [`crate::ratelimit`] (per-key GCRA) → [`crate::cache`] (fast path for
-//! fresh hits, then pingora-cache's state machine) → [`crate::upstream`] (peer, `Host`, hop-by-hop)
-//! → response headers and write invalidation → [`crate::access_log`] (one line and the metrics).
+//! does one step and delegates the substance, reading top-down:
+//! [`crate::ctx`] (what the request carries) → [`crate::edge`] (reserved paths, credentials,
+//! version, key id) → [`crate::ratelimit`] (per-key GCRA) → [`crate::cache`] (prepare, serve a
+//! fresh hit, then pingora-cache's state machine hooks) → [`crate::upstream`] (peer, `Host`,
+//! hop-by-hop) → [`crate::response`] (the gateway's headers on every response, write
+//! invalidation) → [`crate::access_log`] (one line and the metrics).
 //! Errors the gateway answers itself use Raster's envelope ([`crate::errors`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,85 +21,16 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log;
-use crate::cache::{Cache, CacheCtx};
+use crate::cache::Cache;
 use crate::config::{Count, Settings};
-use crate::edge::{Admitted, Edge, Principal};
+use crate::ctx::{InFlight, RequestCtx};
+use crate::edge::{Edge, Principal};
 use crate::errors::{self, GatewayError};
 use crate::metrics::METRICS;
-use crate::ratelimit::{Decision, RateLimiter, Subject};
-use crate::routes::{RouteNames, OTHER_ROUTE};
+use crate::ratelimit::{RateLimiter, Subject};
+use crate::response;
+use crate::routes::RouteNames;
 use crate::upstream::{self, Upstream};
-
-/// Largest write request body kept for invalidation rules that read it (e.g. a transfer's
-/// `targetLibraryId`); larger bodies are still proxied, just not inspected.
-const MAX_INSPECTED_BODY: usize = 64 * 1024;
-
-/// Counts requests in flight so a SIGTERM can exit as soon as the last one is done.
-#[derive(Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-
-    fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard(self.0.clone())
-    }
-}
-
-pub struct InFlightGuard(Arc<AtomicUsize>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Everything one request carries from hook to hook.
-pub struct RequestCtx {
-    pub start: Instant,
-    /// Set once the edge checks passed.
-    pub admitted: Option<Admitted>,
-    /// Route name for metrics and logs (bounded set).
-    pub route: &'static str,
-    /// Index of the matching `[[cache.routes]]` rule, looked up once per request.
-    pub route_index: Option<usize>,
-    /// The rate-limit decision, when this request was counted.
-    pub rate: Option<Decision>,
-    pub cache: CacheCtx,
-    /// A background refresh spawned by pingora-cache (stale-while-revalidate): it passes the
-    /// edge and rate limit untouched, since the client request that caused it already did.
-    pub subrequest: bool,
-    pub upstream_start: Option<Instant>,
-    pub upstream_time: Option<Duration>,
-    pub upstream_status: Option<u16>,
-    pub retries: usize,
-    /// The error the gateway answered with, if any.
-    pub error: Option<GatewayError>,
-    pub upstream_error: Option<&'static str>,
-    pub request_body_bytes: u64,
-    /// A write's request body (up to [`MAX_INSPECTED_BODY`]) for invalidation rules.
-    pub write_body: Option<Vec<u8>>,
-    _in_flight: InFlightGuard,
-}
-
-impl RequestCtx {
-    /// Headers every response to this request carries besides the origin's: the rate-limit
-    /// headers. Responses written outside `response_filter` (fast-path hits, gateway errors)
-    /// add these themselves.
-    pub fn extra_response_headers(&self) -> Vec<(&'static str, String)> {
-        self.rate
-            .as_ref()
-            .map(Decision::headers)
-            .unwrap_or_default()
-    }
-
-    pub fn principal(&self) -> Option<Principal> {
-        self.admitted.map(|a| a.principal)
-    }
-}
 
 pub struct Gateway {
     settings: Arc<Settings>,
@@ -142,14 +74,14 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         err: GatewayError,
-        extra: &[(&'static str, String)],
     ) -> pingora::Result<bool> {
         ctx.error = Some(err);
         METRICS
             .edge_rejections
             .with_label_values(&[err.code()])
             .inc();
-        errors::respond(session, err, extra).await?;
+        let (header, body) = errors::response(err)?;
+        response::send(session, ctx, header, Some(body)).await?;
         Ok(true)
     }
 
@@ -178,9 +110,7 @@ impl Gateway {
         if allowed {
             return Ok(false);
         }
-        let extra = ctx.extra_response_headers();
-        self.reject(session, ctx, GatewayError::RateLimited, &extra)
-            .await
+        self.reject(session, ctx, GatewayError::RateLimited).await
     }
 
     fn counts(&self, count: Count) -> bool {
@@ -200,24 +130,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            admitted: None,
-            route: OTHER_ROUTE,
-            route_index: None,
-            rate: None,
-            cache: CacheCtx::default(),
-            subrequest: false,
-            upstream_start: None,
-            upstream_time: None,
-            upstream_status: None,
-            retries: 0,
-            error: None,
-            upstream_error: None,
-            request_body_bytes: 0,
-            write_body: None,
-            _in_flight: self.in_flight.enter(),
-        }
+        RequestCtx::new(&self.in_flight)
     }
 
     async fn request_filter(
@@ -229,10 +142,11 @@ impl ProxyHttp for Gateway {
         (ctx.route_index, ctx.route) = self.routes.lookup(session.req_header().uri.path());
 
         // 1. Edge checks.
-        match self.edge.check(session.req_header()) {
-            Ok(admitted) => ctx.admitted = Some(admitted),
-            Err(e) => return self.reject(session, ctx, e, &[]).await,
-        }
+        let admitted = match self.edge.check(session.req_header()) {
+            Ok(admitted) => admitted,
+            Err(e) => return self.reject(session, ctx, e).await,
+        };
+        ctx.admitted = Some(admitted);
         let declared = session
             .req_header()
             .headers
@@ -241,7 +155,7 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.settings.server.max_request_body) {
             return self
-                .reject(session, ctx, GatewayError::PayloadTooLarge, &[])
+                .reject(session, ctx, GatewayError::PayloadTooLarge)
                 .await;
         }
 
@@ -250,10 +164,30 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
-        // 3. Fresh hits are answered here, without the cache state machine.
-        self.cache
-            .serve_fresh_hit(session, ctx, self.edge.pinned_api_version())
-            .await
+        // 3. The cache: is this request its business, and under which key?
+        ctx.cache = self.cache.prepare(
+            session.req_header(),
+            admitted,
+            ctx.route_index,
+            self.edge.pinned_api_version(),
+        );
+
+        // 4. A fresh hit is answered here, without the cache state machine. A background
+        //    refresh must reach the origin, so it never takes this step.
+        if ctx.subrequest {
+            return Ok(false);
+        }
+        match self
+            .cache
+            .fresh_hit(session.req_header(), &ctx.cache, ctx.route)?
+        {
+            Some(hit) => {
+                ctx.cache_status = hit.status;
+                response::send(session, ctx, hit.header, hit.body).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn request_body_filter(
@@ -272,13 +206,7 @@ impl ProxyHttp for Gateway {
             );
         }
         if is_write(&session.req_header().method) {
-            let buf = ctx.write_body.get_or_insert_with(Vec::new);
-            if buf.len() + chunk.len() <= MAX_INSPECTED_BODY {
-                buf.extend_from_slice(chunk);
-            } else {
-                // Too large to inspect: invalidation falls back to the path-only scopes.
-                ctx.write_body = Some(Vec::new());
-            }
+            ctx.write_body.push(chunk);
         }
         Ok(())
     }
@@ -288,31 +216,30 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.cache.request_cache_filter(session, ctx)
+        self.cache.request_cache_filter(session, &ctx.cache)
     }
 
     fn cache_key_callback(
         &self,
-        session: &Session,
+        _session: &Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<CacheKey> {
-        self.cache.cache_key(session, ctx)
+        self.cache.cache_key(&ctx.cache)
     }
 
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        meta: &CacheMeta,
-        hit_handler: &mut HitHandler,
-        is_fresh: bool,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        self.cache
-            .cache_hit_filter(session, meta, hit_handler, is_fresh, ctx)
+        self.cache.cache_hit_filter(session, &mut ctx.cache)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        self.cache.cache_miss(session, ctx)
+        self.cache.cache_miss(session, &mut ctx.cache)
     }
 
     fn response_cache_filter(
@@ -321,7 +248,8 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<RespCacheable> {
-        self.cache.response_cache_filter(session, resp, ctx)
+        self.cache
+            .response_cache_filter(session.req_header(), resp, &mut ctx.cache)
     }
 
     fn cache_vary_filter(
@@ -330,16 +258,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        self.cache.cache_vary_filter(meta, ctx, req)
+        self.cache.cache_vary_filter(meta, &ctx.cache, req)
     }
 
     fn should_serve_stale(
         &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        self.cache.should_serve_stale(session, ctx, error)
+        self.cache.should_serve_stale(error)
     }
 
     async fn proxy_upstream_filter(
@@ -412,13 +340,22 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if is_write(&session.req_header().method) {
             // Before the client sees the write's response, so its next read is fresh.
-            self.cache.after_write(session.req_header(), resp, ctx);
+            self.cache
+                .after_write(session.req_header(), resp, ctx.write_body.inspected());
         }
-        self.cache.response_filter(session, resp, ctx)?;
-        for (name, value) in ctx.extra_response_headers() {
-            resp.insert_header(name, value)?;
+        if ctx.subrequest {
+            // A background refresh: nobody sees this response, and the client request that
+            // spawned it was already counted.
+            return Ok(());
         }
-        Ok(())
+        ctx.cache_status = self.cache.response_filter(
+            session,
+            resp,
+            &ctx.cache,
+            ctx.upstream_status,
+            ctx.route,
+        )?;
+        response::decorate(resp, ctx)
     }
 
     fn fail_to_connect(
@@ -452,7 +389,10 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Upstream, _) => {
                 let (err, kind) = upstream::classify(e);
                 ctx.upstream_error = Some(kind);
-                METRICS.upstream_errors.with_label_values(&[kind]).inc();
+                METRICS
+                    .upstream_errors
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
                 Some(err)
             }
             (
@@ -468,8 +408,11 @@ impl ProxyHttp for Gateway {
         let code = match err {
             Some(err) if session.response_written().is_none() => {
                 ctx.error = Some(err);
-                let extra = ctx.extra_response_headers();
-                if let Err(write_err) = errors::respond(session, err, &extra).await {
+                let sent = match errors::response(err) {
+                    Ok((header, body)) => response::send(session, ctx, header, Some(body)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(write_err) = sent {
                     tracing::debug!(error = %write_err, "could not send error response");
                 }
                 err.status()

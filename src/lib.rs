@@ -1,10 +1,13 @@
 //! raster-edge: a caching, rate-limiting gateway for the Raster REST API, built on Pingora.
 //!
-//! Read the request path top-down: [`edge`] (authentication and version checks, key id) →
-//! [`ratelimit`] (per-key GCRA) → [`cache`] (pingora-cache on a moka store, invalidation) →
-//! [`upstream`] (the origin peer) → [`gateway`] (the `ProxyHttp` impl that strings these
-//! together and writes the response) → [`access_log`] and [`metrics`]. [`config`] turns the
-//! TOML file into validated [`config::Settings`]; [`server`] builds the Pingora server from them;
+//! Read the request path top-down: [`ctx`] (what a request carries from hook to hook) →
+//! [`edge`] (authentication and version checks, key id) → [`ratelimit`] (per-key GCRA) →
+//! [`cache`] (prepare the key, serve a fresh hit, pingora-cache's state machine on a moka
+//! store, invalidation) → [`upstream`] (the origin peer) → [`response`] (the gateway's headers
+//! on every response) → [`access_log`] and [`metrics`]. [`gateway`] is the `ProxyHttp` impl
+//! that strings these together, one hook per step; docs/ARCHITECTURE.md walks through it.
+//! [`config`] turns the TOML file into validated [`config::Settings`]; [`server`] builds the
+//! Pingora server from them;
 //! [`admin`] serves health, metrics and purge on a separate listener. [`mock`] is the Raster API
 //! simulator behind the `raster-mock` binary.
 
@@ -12,12 +15,14 @@ pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod ctx;
 pub mod edge;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;
 pub mod mock;
 pub mod ratelimit;
+pub mod response;
 pub mod routes;
 pub mod server;
 pub mod upstream;

@@ -29,6 +29,170 @@ pub const REDIS_ERRORS_TOTAL: &str = "raster_edge_redis_errors_total";
 pub const BUILD_INFO: &str = "raster_edge_build_info";
 pub const READY: &str = "raster_edge_ready";
 
+// Label values. Every bounded label the gateway emits is one of these enums; `as_str()` is the
+// exported value, and help texts and tests use the same constants.
+
+/// Defines a label enum with its exported values, in order.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $value),+ }
+            }
+
+            /// Every value, comma-separated, for help texts.
+            pub fn help_list() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `raster_edge_cache_lookups_total{result}`.
+    LookupResult {
+        Hit => "hit",
+        Miss => "miss",
+        Stale => "stale",
+        Revalidated => "revalidated",
+        Bypass => "bypass",
+        Coalesced => "coalesced",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_store_rejections_total{reason}` and the `Cache-Status` detail: why a
+    /// response was not stored (the policy's refusals, and what the store or pingora-cache
+    /// decided after the policy said yes). The cache's own methods on it are in
+    /// `cache::phase`.
+    NoStoreReason {
+        SetCookie => "set-cookie",
+        VaryStar => "vary-star",
+        NoStore => "no-store",
+        Private => "private",
+        Authorization => "authorization",
+        Status => "status",
+        UpstreamError => "upstream-error",
+        NoFreshness => "no-freshness",
+        StaleOnArrival => "stale-on-arrival",
+        TooLarge => "too-large",
+        Truncated => "truncated",
+        LockReleased => "lock-released",
+        LockTimeout => "lock-timeout",
+        Uncacheable => "uncacheable",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_invalidations_total{reason}`.
+    InvalidationReason {
+        Write => "write",
+        Location => "location",
+        Purge => "purge",
+        Fleet => "fleet",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_evictions_total{cause}`.
+    EvictionCause {
+        Size => "size",
+        Expired => "expired",
+        Explicit => "explicit",
+        Replaced => "replaced",
+    }
+}
+
+label_values! {
+    /// `raster_edge_upstream_errors_total{kind}`.
+    UpstreamErrorKind {
+        ConnectTimeout => "connect_timeout",
+        Timeout => "timeout",
+        ConnectRefused => "connect_refused",
+        NoRoute => "no_route",
+        Dns => "dns",
+        Tls => "tls",
+        Closed => "closed",
+        Protocol => "protocol",
+        Other => "other",
+    }
+}
+
+label_values! {
+    /// `raster_edge_redis_errors_total{op}`: what the gateway was doing with Redis.
+    RedisOp {
+        RateLimit => "ratelimit",
+        Connect => "connect",
+        Invalidation => "invalidation",
+    }
+}
+
+label_values! {
+    /// `raster_edge_redis_errors_total{kind}`: one classification for every Redis use.
+    RedisErrorKind {
+        Timeout => "timeout",
+        Refused => "refused",
+        Dropped => "dropped",
+        Io => "io",
+        Response => "response",
+        NoScript => "noscript",
+        Type => "type",
+        Auth => "auth",
+        Loading => "loading",
+        NoRuntime => "no_runtime",
+        BadReply => "bad_reply",
+        Other => "other",
+    }
+}
+
+impl RedisErrorKind {
+    pub fn of(e: &redis::RedisError) -> Self {
+        if e.is_timeout() {
+            Self::Timeout
+        } else if e.is_connection_refusal() {
+            Self::Refused
+        } else if e.is_connection_dropped() {
+            Self::Dropped
+        } else {
+            match e.kind() {
+                redis::ErrorKind::IoError => Self::Io,
+                redis::ErrorKind::ResponseError | redis::ErrorKind::ExtensionError => {
+                    Self::Response
+                }
+                redis::ErrorKind::NoScriptError => Self::NoScript,
+                redis::ErrorKind::TypeError => Self::Type,
+                redis::ErrorKind::AuthenticationFailed => Self::Auth,
+                redis::ErrorKind::BusyLoadingError => Self::Loading,
+                _ => Self::Other,
+            }
+        }
+    }
+}
+
+label_values! {
+    /// `raster_edge_ratelimit_decisions_total{result}`.
+    RateLimitResult {
+        Allowed => "allowed",
+        Limited => "limited",
+        ShadowLimited => "shadow_limited",
+    }
+}
+
+label_values! {
+    /// `raster_edge_ratelimit_fallbacks_total{policy}`.
+    FallbackPolicy {
+        Local => "local",
+        Allow => "allow",
+        Deny => "deny",
+    }
+}
+
 /// Latency buckets from 50µs to 30s: hits are sub-millisecond, origin calls are not.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -77,7 +241,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         upstream_errors: register_int_counter_vec!(
             UPSTREAM_ERRORS_TOTAL,
-            "Upstream failures by kind (connect, timeout, tls, closed, dns, other)",
+            format!(
+                "Upstream failures by kind ({})",
+                UpstreamErrorKind::help_list()
+            ),
             &["kind"]
         )?,
         edge_rejections: register_int_counter_vec!(
@@ -87,7 +254,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         cache_lookups: register_int_counter_vec!(
             CACHE_LOOKUPS_TOTAL,
-            "Cache lookups by result (hit, miss, stale, revalidated, bypass, coalesced) and route",
+            format!(
+                "Cache lookups by result ({}) and route",
+                LookupResult::help_list()
+            ),
             &["result", "route"]
         )?,
         cache_entries: register_int_gauge!(CACHE_ENTRIES, "Objects in the cache")?,
@@ -97,22 +267,31 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         cache_evictions: register_int_counter_vec!(
             CACHE_EVICTIONS_TOTAL,
-            "Cache evictions by cause (size, expired, explicit, replaced)",
+            format!("Cache evictions by cause ({})", EvictionCause::help_list()),
             &["cause"]
         )?,
         cache_invalidations: register_int_counter_vec!(
             CACHE_INVALIDATIONS_TOTAL,
-            "Scope and URL invalidations by reason (write, location, purge, fleet)",
+            format!(
+                "Scope and URL invalidations by reason ({})",
+                InvalidationReason::help_list()
+            ),
             &["reason"]
         )?,
         cache_store_rejections: register_int_counter_vec!(
             CACHE_STORE_REJECTIONS_TOTAL,
-            "Responses not stored, by reason",
+            format!(
+                "Responses not stored, by reason ({})",
+                NoStoreReason::help_list()
+            ),
             &["reason"]
         )?,
         ratelimit_decisions: register_int_counter_vec!(
             RATELIMIT_DECISIONS_TOTAL,
-            "Rate-limit decisions by result (allowed, limited, shadow_limited) and tier",
+            format!(
+                "Rate-limit decisions by result ({}) and tier",
+                RateLimitResult::help_list()
+            ),
             &["result", "tier"]
         )?,
         ratelimit_fallback_active: register_int_gauge!(
@@ -121,7 +300,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         ratelimit_fallbacks: register_int_counter_vec!(
             RATELIMIT_FALLBACKS_TOTAL,
-            "Decisions made by the fallback policy because Redis failed, by policy",
+            format!(
+                "Decisions made by the fallback policy because Redis failed, by policy ({})",
+                FallbackPolicy::help_list()
+            ),
             &["policy"]
         )?,
         ratelimit_tracked_keys: register_int_gauge!(
@@ -130,7 +312,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         redis_errors: register_int_counter_vec!(
             REDIS_ERRORS_TOTAL,
-            "Redis errors by operation and kind",
+            format!(
+                "Redis errors by operation ({}) and kind ({})",
+                RedisOp::help_list(),
+                RedisErrorKind::help_list()
+            ),
             &["op", "kind"]
         )?,
         build_info: register_int_gauge_vec!(

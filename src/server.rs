@@ -3,22 +3,27 @@
 //! of the listen ports (Pingora alone retries a busy port for 30 s and then lives on listening on
 //! nothing), and graceful shutdown: SIGTERM stops accepting, in-flight requests finish, and the
 //! process exits 0 as soon as none is left (or when `server.grace_period` runs out).
+//!
+//! Background work runs as Pingora background services that stop with the server: nothing
+//! polls, and an idle gateway has no timers of its own.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::gateway::{Gateway, InFlight};
+use crate::ctx::InFlight;
+use crate::gateway::Gateway;
 use crate::ratelimit::RateLimiter;
 use crate::upstream::Upstream;
 
@@ -47,9 +52,7 @@ pub fn check_ports(addrs: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
 
 /// SIGTERM: graceful terminate (and start draining); SIGINT: fast stop; SIGQUIT: hand the
 /// listening sockets to a new process (zero-downtime upgrade).
-struct Signals {
-    draining: Arc<AtomicBool>,
-}
+pub struct Signals;
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -66,7 +69,6 @@ impl ShutdownSignalWatch for Signals {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: no new connections; finishing in-flight requests");
-                self.draining.store(true, Ordering::Release);
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,
@@ -75,43 +77,67 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// After SIGTERM, exits as soon as no request is in flight. Pingora itself would sleep the whole
-/// grace period; it still bounds the wait if requests never finish.
-fn exit_when_drained(draining: Arc<AtomicBool>, in_flight: InFlight) {
-    let spawned = std::thread::Builder::new()
-        .name("drain".into())
-        .spawn(move || {
-            while !draining.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(20));
+/// After a graceful shutdown starts (SIGTERM, or SIGQUIT once the listeners are handed over),
+/// exits as soon as no request is in flight. Pingora itself sleeps the whole grace period
+/// before stopping; its own timer still bounds the wait if requests never finish.
+struct Drain {
+    in_flight: InFlight,
+}
+
+/// How long the gateway must stay idle before a drained exit: a keep-alive request whose header
+/// is still being read has no context yet, and enters within this.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
             }
-            let started = Instant::now();
-            // Idle for two consecutive looks: a request being read at the first look has
-            // entered by the second.
-            let mut idle_looks = 0;
-            loop {
-                std::thread::sleep(Duration::from_millis(50));
-                if in_flight.count() == 0 {
-                    idle_looks += 1;
-                } else {
-                    idle_looks = 0;
-                }
-                if idle_looks >= 2 {
-                    tracing::info!(
-                        after_ms = started.elapsed().as_millis() as u64,
-                        "drained; exiting"
-                    );
-                    flush_logs();
-                    std::process::exit(0);
-                }
+        }
+        let started = Instant::now();
+        loop {
+            self.in_flight.idle().await;
+            tokio::time::sleep(DRAIN_SETTLE).await;
+            if self.in_flight.count() == 0 {
+                break;
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the drain thread; shutdown waits the grace period");
+        }
+        tracing::info!(
+            after_ms = started.elapsed().as_millis() as u64,
+            "drained; exiting"
+        );
+        flush_logs();
+        std::process::exit(0);
     }
 }
 
-/// Runs the gateway until it is told to stop.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
+/// A gateway built from settings, ready to run: the Pingora server with its services, and the
+/// shared state tests and tools reach into.
+pub struct Instance {
+    server: Server,
+    cache: &'static Cache,
+}
+
+impl Instance {
+    /// The cache this instance serves from (tests age its entries instead of sleeping).
+    pub fn cache(&self) -> &'static Cache {
+        self.cache
+    }
+
+    /// Runs until `signal` says stop.
+    pub fn run(self, signal: Box<dyn ShutdownSignalWatch>) {
+        self.server.run(RunArgs {
+            shutdown_signal: signal,
+        });
+    }
+}
+
+/// Builds the gateway: the proxy service with the [`Gateway`], the admin service, and the
+/// background services (readiness, drain, fleet invalidation), all stopping on the server's
+/// shutdown.
+pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let settings = Arc::new(settings);
     check_ports(&[
         ("listen.proxy", settings.listen.proxy),
@@ -152,7 +178,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let cache: &'static Cache = Box::leak(Box::new(cache));
     if let Some(rx) = fleet_rx {
-        crate::cache::fleet::start(settings.redis.clone(), cache, rx)?;
+        server.add_service(background_service(
+            "fleet invalidation",
+            crate::cache::fleet::Link::new(&settings.redis, cache, rx)?,
+        ));
     }
     let limiter = if settings.rate_limit.enabled {
         Some(RateLimiter::new(&settings.rate_limit, &settings.redis)?)
@@ -185,18 +214,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     server.add_service(proxy);
     server.add_service(admin_service);
-
-    let draining = Arc::new(AtomicBool::new(false));
-    exit_when_drained(draining.clone(), in_flight);
-    admin::watch_readiness(settings.listen.proxy, ready);
+    server.add_service(background_service("drain", Drain { in_flight }));
+    server.add_service(background_service(
+        "readiness",
+        admin::Readiness::new(settings.listen.proxy, ready),
+    ));
     tracing::info!(
         proxy = %settings.listen.proxy,
         admin = %settings.listen.admin,
         upstream = %settings.upstream.url,
         "raster-edge starting"
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { draining }),
-    });
+    Ok(Instance { server, cache })
+}
+
+/// Runs the gateway until a signal tells it to stop.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    build(settings)?.run(Box::new(Signals));
     Ok(())
 }

@@ -18,6 +18,7 @@ use pingora::{Error, ErrorType};
 
 use crate::config::UpstreamSettings;
 use crate::errors::GatewayError;
+use crate::metrics::UpstreamErrorKind;
 
 /// How often the upstream host name is resolved again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -167,23 +168,24 @@ fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
 }
 
 /// Which gateway error an upstream failure becomes, and the label it is counted under.
-pub fn classify(e: &Error) -> (GatewayError, &'static str) {
+pub fn classify(e: &Error) -> (GatewayError, UpstreamErrorKind) {
     use ErrorType::*;
+    use UpstreamErrorKind as K;
     match e.etype() {
         ConnectTimedout | TLSHandshakeTimedout => {
-            (GatewayError::UpstreamTimeout, "connect_timeout")
+            (GatewayError::UpstreamTimeout, K::ConnectTimeout)
         }
-        ReadTimedout | WriteTimedout => (GatewayError::UpstreamTimeout, "timeout"),
-        ConnectRefused => (GatewayError::UpstreamUnavailable, "connect_refused"),
-        ConnectNoRoute => (GatewayError::UpstreamUnavailable, "no_route"),
+        ReadTimedout | WriteTimedout => (GatewayError::UpstreamTimeout, K::Timeout),
+        ConnectRefused => (GatewayError::UpstreamUnavailable, K::ConnectRefused),
+        ConnectNoRoute => (GatewayError::UpstreamUnavailable, K::NoRoute),
         TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
-            (GatewayError::UpstreamUnavailable, "tls")
+            (GatewayError::UpstreamUnavailable, K::Tls)
         }
-        ConnectionClosed | ReadError | WriteError => (GatewayError::UpstreamUnavailable, "closed"),
+        ConnectionClosed | ReadError | WriteError => (GatewayError::UpstreamUnavailable, K::Closed),
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => {
-            (GatewayError::UpstreamUnavailable, "protocol")
+            (GatewayError::UpstreamUnavailable, K::Protocol)
         }
-        _ => (GatewayError::UpstreamUnavailable, "other"),
+        _ => (GatewayError::UpstreamUnavailable, K::Other),
     }
 }
 

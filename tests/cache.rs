@@ -5,7 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{auth, client, Edge, Mock, RawOrigin};
+use common::inproc::InProcess;
+use common::{auth, client, Edge, Mock, RawOrigin, Target};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
@@ -28,6 +29,29 @@ fn start(cache: &str, routes: &str) -> (Mock, Edge) {
     let mock = Mock::start();
     let edge = Edge::start(&mock.url(), &config(cache, routes));
     (mock, edge)
+}
+
+/// Like [`start`], with the gateway in the test process, so the test can age stored entries
+/// instead of sleeping through their TTLs.
+fn start_in_process(cache: &str, routes: &str) -> (Mock, InProcess) {
+    let mock = Mock::start();
+    let edge = InProcess::start(&mock.url(), &config(cache, routes));
+    (mock, edge)
+}
+
+/// Past a 1 s TTL with room to spare (whole seconds are what `Age` and freshness count).
+const PAST_TTL: Duration = Duration::from_secs(2);
+
+/// Requests `path` until the cache answers a fresh hit (a background refresh landed), bounded.
+async fn until_hit(edge: &impl Target, path: &str, key: &str) -> Got {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = get(edge, path, key).await;
+        if g.x_cache() == "HIT" || Instant::now() > deadline {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// One route with the given TTL line(s), for freshness tests.
@@ -67,11 +91,16 @@ async fn send(req: reqwest::RequestBuilder) -> Got {
     }
 }
 
-async fn get(edge: &Edge, path: &str, key: &str) -> Got {
+async fn get(edge: &impl Target, path: &str, key: &str) -> Got {
     send(client().get(edge.url(path)).headers(auth(key))).await
 }
 
-async fn get_with(edge: &Edge, path: &str, key: &str, extra: &[(&'static str, &str)]) -> Got {
+async fn get_with(
+    edge: &impl Target,
+    path: &str,
+    key: &str,
+    extra: &[(&'static str, &str)],
+) -> Got {
     let mut h = auth(key);
     for (k, v) in extra {
         h.insert(*k, v.parse().expect("header value"));
@@ -101,7 +130,7 @@ async fn mock_stats(mock: &Mock) -> Value {
     v["data"].clone()
 }
 
-async fn purge(edge: &Edge, body: Value, token: Option<&str>) -> u16 {
+async fn purge(edge: &impl Target, body: Value, token: Option<&str>) -> u16 {
     let mut req = client().post(edge.admin_url("/admin/purge")).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -109,7 +138,7 @@ async fn purge(edge: &Edge, body: Value, token: Option<&str>) -> u16 {
     req.send().await.expect("purge").status().as_u16()
 }
 
-async fn write(edge: &Edge, method: reqwest::Method, path: &str, body: Value) -> Got {
+async fn write(edge: &impl Target, method: reqwest::Method, path: &str, body: Value) -> Got {
     send(
         client()
             .request(method, edge.url(path))
@@ -319,13 +348,13 @@ async fn test_cache_no_cache_response_revalidates_every_time() {
 
 #[tokio::test]
 async fn test_cache_origin_max_age_beats_route_ttl() {
-    let (mock, edge) = start("", &assets_route("ttl = \"60s\""));
+    let (mock, edge) = start_in_process("", &assets_route("ttl = \"60s\""));
     mock.configure(json!({"cache_control": "max-age=1", "etag": false}))
         .await;
     let path = format!("{BCN}/assets?pageSize=2");
     get(&edge, &path, "demo-read").await;
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "HIT");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "MISS");
     assert_eq!(mock.requests().await, 2);
 }
@@ -353,11 +382,11 @@ async fn test_cache_expires_header_handling() {
 
 #[tokio::test]
 async fn test_cache_route_ttl_expiry_then_conditional_revalidation_304() {
-    let (mock, edge) = start("", &assets_route("ttl = \"1s\""));
+    let (mock, edge) = start_in_process("", &assets_route("ttl = \"1s\""));
     let path = format!("{BCN}/assets?pageSize=2");
     let a = get(&edge, &path, "demo-read").await;
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "HIT");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     let c = get(&edge, &path, "demo-read").await;
     assert_eq!(c.x_cache(), "REVALIDATED");
     assert_eq!(c.status, 200);
@@ -372,14 +401,14 @@ async fn test_cache_route_ttl_expiry_then_conditional_revalidation_304() {
 
 #[tokio::test]
 async fn test_cache_404_negative_ttl() {
-    let (mock, edge) = start("negative_ttl = \"1s\"", ROUTES);
+    let (mock, edge) = start_in_process("negative_ttl = \"1s\"", ROUTES);
     let path = format!("{BCN}/assets/does-not-exist");
     let a = get(&edge, &path, "demo-read").await;
     assert_eq!(a.status, 404);
     assert_eq!(a.x_cache(), "MISS");
     let b = get(&edge, &path, "demo-read").await;
     assert_eq!((b.status, b.x_cache()), (404, "HIT"));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "MISS");
     assert_eq!(mock.requests().await, 2);
 }
@@ -478,14 +507,14 @@ async fn test_cache_head_served_from_cached_get() {
 
 #[tokio::test]
 async fn test_cache_stale_while_revalidate_serves_stale_then_refreshes_once() {
-    let (mock, edge) = start(
+    let (mock, edge) = start_in_process(
         "",
         &assets_route("ttl = \"1s\"\nstale_while_revalidate = \"30s\""),
     );
     mock.configure(json!({"latency_ms": 300})).await;
     let path = format!("{BCN}/assets?pageSize=2");
     get(&edge, &path, "demo-read").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     for _ in 0..5 {
         let t = Instant::now();
         let g = get(&edge, &path, "demo-read").await;
@@ -497,18 +526,18 @@ async fn test_cache_stale_while_revalidate_serves_stale_then_refreshes_once() {
             "stale answered at once"
         );
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "HIT");
+    assert_eq!(until_hit(&edge, &path, "demo-read").await.x_cache(), "HIT");
     assert_eq!(mock.requests().await, 2, "exactly one background refresh");
 }
 
 #[tokio::test]
 async fn test_cache_stale_if_error_when_origin_down() {
-    let (mock, edge) = start("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
+    let (mock, edge) =
+        start_in_process("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
     let path = format!("{BCN}/assets?pageSize=2");
     let a = get(&edge, &path, "demo-read").await;
     mock.configure(json!({"down": true})).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     let b = get(&edge, &path, "demo-read").await;
     assert_eq!((b.status, b.x_cache()), (200, "STALE"));
     assert_eq!(b.body, a.body);
@@ -517,11 +546,12 @@ async fn test_cache_stale_if_error_when_origin_down() {
 
 #[tokio::test]
 async fn test_cache_serve_stale_on_500() {
-    let (mock, edge) = start("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
+    let (mock, edge) =
+        start_in_process("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
     let path = format!("{BCN}/assets?pageSize=2");
     let a = get(&edge, &path, "demo-read").await;
     mock.configure(json!({"status": 500})).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     let b = get(&edge, &path, "demo-read").await;
     assert_eq!((b.status, b.x_cache()), (200, "STALE"));
     assert_eq!(b.body, a.body);
@@ -529,11 +559,12 @@ async fn test_cache_serve_stale_on_500() {
 
 #[tokio::test]
 async fn test_cache_serve_stale_when_origin_unreachable() {
-    let (mut mock, edge) = start("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
+    let (mut mock, edge) =
+        start_in_process("", &assets_route("ttl = \"1s\"\nstale_if_error = \"60s\""));
     let path = format!("{BCN}/assets?pageSize=2");
     let a = get(&edge, &path, "demo-read").await;
     mock.proc.kill();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    edge.age(PAST_TTL);
     let b = get(&edge, &path, "demo-read").await;
     assert_eq!((b.status, b.x_cache()), (200, "STALE"));
     assert_eq!(b.body, a.body);

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use super::Cache;
 use crate::config::RedisSettings;
-use crate::metrics::METRICS;
+use crate::metrics::{RedisErrorKind, RedisOp, METRICS};
 
 /// Bumps kept while Redis is unreachable; older ones are dropped first.
 const MAX_PENDING: usize = 10_000;
@@ -63,31 +65,43 @@ pub fn channel_name(settings: &RedisSettings) -> String {
     format!("{}:invalidate", settings.key_prefix)
 }
 
-/// Starts the fleet link on its own thread (with its own small runtime, so it works the same
-/// whatever Pingora does with its service runtimes).
-pub fn start(
-    settings: RedisSettings,
+/// The fleet link as a background service: it stops with the server, and while Redis is up it
+/// waits on the two channels only (local bumps, remote messages), never on a timer.
+pub struct Link {
+    client: redis::Client,
+    channel: String,
+    instance: String,
     cache: &'static Cache,
-    rx: mpsc::UnboundedReceiver<Bump>,
-) -> anyhow::Result<()> {
-    let client = redis::Client::open(settings.url.as_str())?;
-    let instance = format!("{:016x}", rand::random::<u64>());
-    std::thread::Builder::new()
-        .name("fleet-invalidation".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "fleet invalidation disabled: no runtime");
-                    return;
-                }
-            };
-            rt.block_on(run(client, channel_name(&settings), instance, cache, rx));
-        })?;
-    Ok(())
+    rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Bump>>>,
+}
+
+impl Link {
+    pub fn new(
+        settings: &RedisSettings,
+        cache: &'static Cache,
+        rx: mpsc::UnboundedReceiver<Bump>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: redis::Client::open(settings.url.as_str())?,
+            channel: channel_name(settings),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            cache,
+            rx: parking_lot::Mutex::new(Some(rx)),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Link {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(rx) = self.rx.lock().take() else {
+            return;
+        };
+        tokio::select! {
+            _ = run(self.client.clone(), self.channel.clone(), self.instance.clone(), self.cache, rx) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 async fn run(
@@ -105,7 +119,10 @@ async fn run(
             Err(e) => {
                 METRICS
                     .redis_errors
-                    .with_label_values(&["invalidation", e.kind_label()])
+                    .with_label_values(&[
+                        RedisOp::Invalidation.as_str(),
+                        RedisErrorKind::of(&e.0).as_str(),
+                    ])
                     .inc();
                 tracing::warn!(error = %e.0, retry_in_ms = backoff.as_millis() as u64, "fleet invalidation link down");
             }
@@ -123,6 +140,27 @@ async fn run(
     }
 }
 
+/// Sends the queued bumps in order, one at a time; one that fails goes back to the front, so a
+/// failed publish keeps every bump not yet sent.
+async fn flush<F, Fut, E>(
+    pending: &parking_lot::Mutex<VecDeque<Bump>>,
+    mut send: F,
+) -> Result<(), E>
+where
+    F: FnMut(Bump) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    loop {
+        let Some(b) = pending.lock().pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = send(b.clone()).await {
+            pending.lock().push_front(b);
+            return Err(e);
+        }
+    }
+}
+
 fn queue(pending: &parking_lot::Mutex<VecDeque<Bump>>, b: Bump) {
     let mut p = pending.lock();
     if p.len() >= MAX_PENDING {
@@ -132,20 +170,6 @@ fn queue(pending: &parking_lot::Mutex<VecDeque<Bump>>, b: Bump) {
 }
 
 struct LinkError(redis::RedisError);
-
-impl LinkError {
-    fn kind_label(&self) -> &'static str {
-        if self.0.is_timeout() {
-            "timeout"
-        } else if self.0.is_connection_refusal() {
-            "refused"
-        } else if self.0.is_connection_dropped() || self.0.is_io_error() {
-            "io"
-        } else {
-            "response"
-        }
-    }
-}
 
 impl From<redis::RedisError> for LinkError {
     fn from(e: redis::RedisError) -> Self {
@@ -174,14 +198,19 @@ async fn session(
         };
         serde_json::to_string(&msg).unwrap_or_default()
     };
-    let backlog: Vec<Bump> = pending.lock().drain(..).collect();
-    for b in backlog {
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(publish(b))
-            .query_async::<i64>(&mut conn)
-            .await?;
-    }
+    flush(pending, |b| {
+        let payload = publish(b);
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
     let mut messages = pubsub.on_message();
     loop {
         tokio::select! {
@@ -211,6 +240,47 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_publish_keeps_every_unsent_bump() {
+        let pending = parking_lot::Mutex::new(VecDeque::new());
+        for i in 0..5 {
+            queue(&pending, Bump::Url(format!("/u{i}")));
+        }
+        let mut sent = Vec::new();
+        let r = flush(&pending, |b| {
+            let fail = sent.len() == 2;
+            if !fail {
+                sent.push(b);
+            }
+            async move {
+                if fail {
+                    Err("redis went away")
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(sent, [Bump::Url("/u0".into()), Bump::Url("/u1".into())]);
+        let left: Vec<Bump> = pending.lock().iter().cloned().collect();
+        let want: Vec<Bump> = (2..5).map(|i| Bump::Url(format!("/u{i}"))).collect();
+        assert_eq!(
+            left, want,
+            "the failed bump and everything after it stay queued"
+        );
+        // The next connected period sends them all, in order.
+        let mut later = Vec::new();
+        flush(&pending, |b| {
+            later.push(b);
+            async { Ok::<(), &str>(()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(later, want);
+        assert!(pending.lock().is_empty());
+    }
 
     #[test]
     fn messages_round_trip_with_a_readable_shape() {

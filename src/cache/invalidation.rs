@@ -27,7 +27,7 @@ use http::Method;
 use moka::notification::RemovalCause;
 
 use crate::config::InvalidationRule;
-use crate::metrics::METRICS;
+use crate::metrics::{InvalidationReason, METRICS};
 use crate::routes::PathPattern;
 
 /// Names remembered per generation map before the floor takes over.
@@ -470,14 +470,14 @@ impl Invalidation {
             self.bump_scope(s);
             METRICS
                 .cache_invalidations
-                .with_label_values(&["write"])
+                .with_label_values(&[InvalidationReason::Write.as_str()])
                 .inc();
         }
         for t in &bumped.trees {
             self.bump_tree(t);
             METRICS
                 .cache_invalidations
-                .with_label_values(&["write"])
+                .with_label_values(&[InvalidationReason::Write.as_str()])
                 .inc();
         }
         bumped.urls.push(path_and_query.to_string());
@@ -487,7 +487,7 @@ impl Invalidation {
             self.bump_url(u);
             METRICS
                 .cache_invalidations
-                .with_label_values(&["location"])
+                .with_label_values(&[InvalidationReason::Location.as_str()])
                 .inc();
         }
         bumped

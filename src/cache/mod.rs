@@ -1,78 +1,63 @@
 //! The HTTP cache: pingora-cache's state machine on a moka store, partitioned per key id,
 //! RFC 9111 policy, fresh-hit fast path, scope invalidation on writes, admin purge.
 //!
-//! The gateway ([`crate::gateway`]) delegates every cache hook to [`Cache`]; this module owns
-//! what those hooks decide:
-//! - [`storage`]: `pingora_cache::Storage` on moka (hit/miss handlers), the uncacheable-key
-//!   predictor;
-//! - [`key`]: primary key framing and `Vary` variance;
-//! - [`policy`]: what may be stored and for how long;
-//! - [`status`]: `X-Cache`, `Cache-Status`, the lookup metric;
-//! - [`invalidation`]: scope / tree / URL generations, write rules, purge;
-//! - [`fast_path`]: fresh hits answered in `request_filter` from the same store.
+//! The gateway ([`crate::gateway`]) calls the cache in request order, handing it the cache's
+//! own per-request state ([`CacheCtx`], see [`phase`]) and nothing else of the request context:
+//! 1. [`Cache::prepare`] (in `request_filter`): bypass with a reason, or prepared with the key;
+//! 2. [`Cache::fresh_hit`]: a fresh stored response, ready to send, answered without the state
+//!    machine ([`fast_path`]);
+//! 3. the pingora-cache hooks ([`Cache::request_cache_filter`] … [`Cache::should_serve_stale`]);
+//! 4. [`Cache::response_filter`]: `X-Cache`, `Cache-Status`, `Age` and the lookup metric;
+//! 5. [`Cache::after_write`]: what a successful write invalidates.
 //!
-//! What we do at our layer because pingora-cache falls short (and why):
-//! - `should_serve_stale(None)` returns true: the default never serves stale-while-revalidate
-//!   (pitfall 1).
-//! - Our own policy instead of `filters::resp_cacheable`: per-key mode must store `private`
-//!   and authorized responses, and stale-if-error must not be applied to every response
-//!   (pitfalls 2, 3).
-//! - The meta stays in memory in the moka value, not serialized (pitfall 4).
-//! - The lock age timeout is at least the upstream connect + read timeout (pitfall 5).
-//! - Stored headers get an exact `Content-Length` at `finish`, and a finish whose body does not
-//!   match the declared length stores nothing: pingora can finish a miss for a body cut short.
-//! - Uncacheable keys are remembered in a moka set with a TTL (`uncacheable_ttl`) through
-//!   pingora's `CacheablePredictor`, whose stock implementation is an LRU without expiry.
+//! Modules: [`storage`] (`pingora_cache::Storage` on moka, the uncacheable-key predictor),
+//! [`key`] (primary key framing and `Vary` variance), [`policy`] (what may be stored and for how
+//! long), [`status`] (`X-Cache`, `Cache-Status`), [`invalidation`] (scope / tree / URL
+//! generations, write rules, purge), [`fleet`] (invalidations across instances through Redis).
+//!
+//! Every place where we work around pingora-cache, and why, is listed in
+//! `docs/ARCHITECTURE.md` ("Where we work around pingora-cache").
 
 pub mod fast_path;
 pub mod fleet;
 pub mod invalidation;
 pub mod key;
+pub mod phase;
 pub mod policy;
 pub mod status;
 pub mod storage;
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{
-    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
-    NoCacheReason, RespCacheable,
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
+    RespCacheable,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::{CacheSettings, Share, UpstreamSettings};
-use crate::gateway::RequestCtx;
-use crate::metrics::METRICS;
+use crate::edge::{Admitted, Principal};
+use crate::metrics::{InvalidationReason, METRICS};
 
 pub use invalidation::Invalidation;
 use key::Partition;
+pub use phase::{
+    BypassReason, CacheCtx, Lookup, NoStoreReason, Prepared, StaleKind, StoreDecision,
+};
 pub use status::{CacheStatus, Outcome};
 pub use storage::MokaStorage;
 use storage::UncacheableKeys;
 
-/// Per-request cache state, kept in the gateway's [`RequestCtx`].
-#[derive(Debug, Default)]
-pub struct CacheCtx {
-    /// What `X-Cache` said (the access log and request metrics read it).
+/// A fresh stored response, with the cache's headers, ready for the gateway to decorate and send.
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    /// `None` when only the header goes out (HEAD, 304, empty body).
+    pub body: Option<Bytes>,
     pub status: CacheStatus,
-    /// Why the request is not cacheable, when it is not.
-    bypass: Option<&'static str>,
-    /// The primary key bytes, computed once per request.
-    primary: Option<Vec<u8>>,
-    partition: Option<Partition>,
-    /// Index of the matching `cache.routes` rule.
-    route: Option<usize>,
-    /// The client asked for revalidation and `honor_client_no_cache` allows it.
-    force_revalidate: bool,
-    /// A lookup ran (hit filter or miss).
-    looked_up: bool,
-    /// This request waited on another request's fetch.
-    collapsed: bool,
-    /// The policy's decision on the upstream response.
-    store_decision: Option<Result<(), &'static str>>,
 }
 
 pub struct Cache {
@@ -82,9 +67,6 @@ pub struct Cache {
     lock: &'static CacheKeyLockImpl,
     predictor: &'static UncacheableKeys,
     invalidation: Invalidation,
-    lock_wait: Duration,
-    /// `cache.fast_path`: answer fresh hits in `request_filter`.
-    fast_path: bool,
     /// Publishes local invalidations to the fleet (`redis.invalidation`).
     fleet: Option<fleet::Publisher>,
 }
@@ -97,8 +79,8 @@ impl Cache {
             settings.max_memory,
             settings.max_object_size,
         )));
-        // Pitfall 5: a writer holding the lock longer than the age timeout lets waiters
-        // stampede the origin, so the age timeout covers the slowest allowed origin response.
+        // A writer holding the lock longer than the age timeout lets waiters stampede the
+        // origin, so the age timeout covers the slowest allowed origin response.
         let age_timeout = settings
             .lock_timeout
             .max(upstream.connect_timeout + upstream.read_timeout);
@@ -112,8 +94,6 @@ impl Cache {
             lock,
             predictor,
             invalidation: Invalidation::new(&settings.invalidation)?,
-            lock_wait: settings.lock_timeout,
-            fast_path: settings.fast_path,
             fleet: None,
         })
     }
@@ -138,7 +118,7 @@ impl Cache {
         }
         METRICS
             .cache_invalidations
-            .with_label_values(&["fleet"])
+            .with_label_values(&[InvalidationReason::Fleet.as_str()])
             .inc();
     }
 
@@ -154,31 +134,27 @@ impl Cache {
         &self.invalidation
     }
 
-    /// Decides whether the request is cacheable and computes its key, once. Runs first thing
-    /// in the cache's part of `request_filter` (before the fast path).
-    fn prepare(&self, session: &Session, ctx: &mut RequestCtx, pinned_version: Option<&str>) {
-        if ctx.cache.primary.is_some() || ctx.cache.bypass.is_some() {
-            return;
-        }
+    /// Step 1 (in `request_filter`, once the edge admitted the request): is this request the
+    /// cache's business, and under which key? The effective `Api-Version` is the client's, or
+    /// the sidecar's pinned one it will be given.
+    pub fn prepare(
+        &self,
+        req: &RequestHeader,
+        admitted: Admitted,
+        route: Option<usize>,
+        pinned_version: Option<&str>,
+    ) -> CacheCtx {
         if !self.settings.enabled {
-            ctx.cache.bypass = Some("disabled");
-            return;
+            return CacheCtx::Bypass(BypassReason::Disabled);
         }
-        let req = session.req_header();
         if let Err(reason) = policy::request_cacheable(req) {
-            ctx.cache.bypass = Some(reason);
-            return;
+            return CacheCtx::Bypass(reason);
         }
-        let Some(admitted) = ctx.admitted else {
-            ctx.cache.bypass = Some("unadmitted");
-            return;
-        };
         let partition = match (self.settings.share, admitted.principal) {
             (Share::Shared, _) => Partition::Shared,
-            (Share::PerKey, crate::edge::Principal::Key(id)) => Partition::Key(id),
-            (Share::PerKey, crate::edge::Principal::Anonymous) => Partition::Anonymous,
+            (Share::PerKey, Principal::Key(id)) => Partition::Key(id),
+            (Share::PerKey, Principal::Anonymous) => Partition::Anonymous,
         };
-        // The effective version: the client's, or the sidecar's pinned one it will get.
         let version: &[u8] = match req.headers.get("api-version") {
             Some(v) if !admitted.inject_version => v.as_bytes(),
             _ => pinned_version.map(str::as_bytes).unwrap_or_default(),
@@ -187,44 +163,50 @@ impl Cache {
         let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
         let mut generations = Vec::with_capacity(8);
         self.invalidation.generations(path, pq, &mut generations);
-        ctx.cache.primary = Some(key::primary(&key::KeyParts {
-            authority: &self.authority,
-            path_and_query: pq,
-            api_version: version,
+        CacheCtx::Prepared(Prepared {
+            key: key::primary(&key::KeyParts {
+                authority: &self.authority,
+                path_and_query: pq,
+                api_version: version,
+                partition,
+                generations: &generations,
+            }),
             partition,
-            generations: &generations,
-        }));
-        ctx.cache.partition = Some(partition);
-        // The gateway's route lookup runs on the same `cache.routes` table, in order.
-        ctx.cache.route = ctx.route_index;
-        ctx.cache.force_revalidate =
-            self.settings.honor_client_no_cache && policy::client_wants_revalidation(req);
+            route,
+            force_revalidate: self.settings.honor_client_no_cache
+                && policy::client_wants_revalidation(req),
+            lookup: Lookup::NotYet,
+            store: None,
+        })
     }
 
-    /// Answers a fresh hit straight from the store. `Ok(true)` when the response was written.
-    pub async fn serve_fresh_hit(
-        &'static self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        pinned_version: Option<&str>,
-    ) -> pingora::Result<bool> {
-        self.prepare(session, ctx, pinned_version);
-        if !self.fast_path {
-            return Ok(false);
+    /// Step 2: the fresh stored response for a prepared request, with the cache's headers and
+    /// the lookup recorded, when the fast path may answer it (`cache.fast_path`).
+    pub fn fresh_hit(
+        &self,
+        req: &RequestHeader,
+        ctx: &CacheCtx,
+        route_label: &'static str,
+    ) -> pingora::Result<Option<FreshHit>> {
+        if !self.settings.fast_path {
+            return Ok(None);
         }
-        fast_path::serve(self, session, ctx).await
+        let Some(prepared) = ctx.prepared() else {
+            return Ok(None);
+        };
+        fast_path::fresh_hit(self, req, prepared, route_label)
     }
 
     pub fn request_cache_filter(
         &'static self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &CacheCtx,
     ) -> pingora::Result<()> {
-        if ctx.cache.bypass.is_some() || ctx.cache.primary.is_none() {
+        if ctx.prepared().is_none() {
             return Ok(());
         }
         let mut overrides = CacheOptionOverrides::default();
-        overrides.wait_timeout = Some(self.lock_wait);
+        overrides.wait_timeout = Some(self.settings.lock_timeout);
         session.cache.enable(
             self.storage,
             None,
@@ -238,9 +220,11 @@ impl Cache {
         Ok(())
     }
 
-    pub fn cache_key(&self, _session: &Session, ctx: &mut RequestCtx) -> pingora::Result<CacheKey> {
-        match &ctx.cache.primary {
-            Some(p) => Ok(CacheKey::new(p.clone(), "")),
+    pub fn cache_key(&self, ctx: &CacheCtx) -> pingora::Result<CacheKey> {
+        match ctx.prepared() {
+            Some(p) => Ok(CacheKey::new(p.key.clone(), "")),
+            // pingora only asks for a key once `request_cache_filter` enabled the cache, which
+            // it does only for prepared requests.
             None => pingora::Error::e_explain(
                 pingora::ErrorType::InternalError,
                 "cache key requested for a request that is not cacheable",
@@ -251,40 +235,42 @@ impl Cache {
     pub fn cache_hit_filter(
         &self,
         session: &Session,
-        _meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut CacheCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        ctx.cache.looked_up = true;
-        ctx.cache.status = CacheStatus::Hit;
-        if session.cache.lock_duration().is_some() {
-            ctx.cache.collapsed = true;
-        }
-        if ctx.cache.force_revalidate {
+        let Some(p) = ctx.prepared_mut() else {
+            return Ok(None);
+        };
+        p.lookup = Lookup::Hit {
+            collapsed: session.cache.lock_duration().is_some(),
+        };
+        if p.force_revalidate {
             // Client no-cache, allowed by config: validate with the origin before use.
             return Ok(Some(ForcedFreshness::ForceExpired));
         }
         Ok(None)
     }
 
-    pub fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+    pub fn cache_miss(&self, session: &mut Session, ctx: &mut CacheCtx) {
         session.cache.cache_miss();
-        ctx.cache.looked_up = true;
-        ctx.cache.status = CacheStatus::Miss;
+        if let Some(p) = ctx.prepared_mut() {
+            p.lookup = Lookup::Miss;
+        }
     }
 
     pub fn response_cache_filter(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut CacheCtx,
     ) -> pingora::Result<RespCacheable> {
-        let route = ctx.cache.route.and_then(|i| self.settings.routes.get(i));
+        let Some(p) = ctx.prepared_mut() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let route = p.route.and_then(|i| self.settings.routes.get(i));
         let now = SystemTime::now();
-        match policy::decide(&self.settings, route, session.req_header(), resp, now) {
+        match policy::decide(&self.settings, route, req, resp, now) {
             Ok(f) => {
-                ctx.cache.store_decision = Some(Ok(()));
+                p.store = Some(StoreDecision::Store);
                 let fresh_until = if f.fresh.is_zero() {
                     // Stored only to be revalidated: stale from the start.
                     now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
@@ -303,12 +289,14 @@ impl Cache {
                 )))
             }
             Err(reason) => {
-                ctx.cache.store_decision = Some(Err(reason));
+                p.store = Some(StoreDecision::Refuse(reason));
                 METRICS
                     .cache_store_rejections
-                    .with_label_values(&[reason])
+                    .with_label_values(&[reason.as_str()])
                     .inc();
-                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                    reason.as_str(),
+                )))
             }
         }
     }
@@ -316,21 +304,17 @@ impl Cache {
     pub fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        ctx: &mut RequestCtx,
+        ctx: &CacheCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let partition = ctx.cache.partition.unwrap_or(Partition::Shared);
+        let partition = ctx.prepared().map_or(Partition::Shared, |p| p.partition);
         key::variance(meta.response_header(), req, partition)
     }
 
-    pub fn should_serve_stale(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-        error: Option<&pingora::Error>,
-    ) -> bool {
+    pub fn should_serve_stale(&self, error: Option<&pingora::Error>) -> bool {
         match error {
-            // Pitfall 1: stale-while-revalidate. pingora only asks within the entry's window.
+            // pingora only asks within the entry's stale-while-revalidate window, but its
+            // default answer for "no error" is false, which would never serve it.
             None => true,
             // stale-if-error: the origin failed (connect error, timeout, 5xx); pingora only
             // asks within the entry's window.
@@ -341,83 +325,84 @@ impl Cache {
         }
     }
 
-    /// What happened to this request, from pingora-cache's phase and our own notes.
-    fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
+    /// What happened to this request, from pingora-cache's phase and our own state.
+    fn outcome(&self, session: &Session, ctx: &CacheCtx, fwd_status: Option<u16>) -> Outcome {
+        let p = match ctx {
+            CacheCtx::Bypass(reason) => {
+                return Outcome::Bypass {
+                    detail: reason.as_str(),
+                }
+            }
+            CacheCtx::Prepared(p) => p,
+        };
         let now = SystemTime::now();
         let ttl = |m: &CacheMeta| match m.fresh_until().duration_since(now) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64),
         };
-        let meta = session.cache.maybe_cache_meta();
-        let fwd_status = ctx.upstream_status;
-        let stored = matches!(ctx.cache.store_decision, Some(Ok(())));
-        let detail = match ctx.cache.store_decision {
-            Some(Err(r)) => Some(r),
+        let meta_ttl = session.cache.maybe_cache_meta().map_or(0, ttl);
+        let stored = p.store == Some(StoreDecision::Store);
+        let refused = match p.store {
+            Some(StoreDecision::Refuse(r)) => Some(r),
             _ => None,
         };
         match session.cache.phase() {
             CachePhase::Hit => Outcome::Hit {
-                ttl: meta.map_or(0, ttl),
-                collapsed: ctx.cache.collapsed,
+                ttl: meta_ttl,
+                collapsed: matches!(p.lookup, Lookup::Hit { collapsed: true }),
             },
             CachePhase::StaleUpdating => Outcome::Stale {
-                ttl: meta.map_or(0, ttl),
-                detail: "stale-while-revalidate",
+                ttl: meta_ttl,
+                kind: StaleKind::WhileRevalidate,
                 fwd_status: None,
             },
             CachePhase::Stale => Outcome::Stale {
-                ttl: meta.map_or(0, ttl),
-                detail: "stale-if-error",
+                ttl: meta_ttl,
+                kind: StaleKind::IfError,
                 fwd_status,
             },
             CachePhase::Revalidated => Outcome::Revalidated {
-                ttl: meta.map_or(0, ttl),
+                ttl: meta_ttl,
                 stored: true,
             },
             CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated {
-                ttl: meta.map_or(0, ttl),
+                ttl: meta_ttl,
                 stored: false,
             },
             CachePhase::Miss => Outcome::Miss {
                 stale: false,
                 fwd_status,
                 stored,
-                detail,
+                detail: refused,
             },
             CachePhase::Expired => Outcome::Miss {
                 stale: true,
                 fwd_status,
                 stored,
-                detail,
+                detail: refused,
             },
-            CachePhase::Disabled(reason) if ctx.cache.looked_up => Outcome::Miss {
+            CachePhase::Disabled(reason) if p.lookup != Lookup::NotYet => Outcome::Miss {
                 stale: false,
                 fwd_status,
                 stored: false,
-                detail: detail.or(Some(disabled_detail(reason))),
+                detail: refused.or(Some(disabled_reason(reason))),
             },
-            CachePhase::Disabled(_) | CachePhase::Bypass if ctx.cache.primary.is_some() => {
-                Outcome::Bypass {
-                    detail: "uncacheable",
-                }
-            }
             _ => Outcome::Bypass {
-                detail: ctx.cache.bypass.unwrap_or("disabled"),
+                detail: NoStoreReason::Uncacheable.as_str(),
             },
         }
     }
 
     /// Adds `X-Cache`, `Cache-Status` (and `Age` when served from the store) and records the
-    /// lookup. Shared by the state machine and the fast path.
+    /// lookup. Shared by the state machine and the fast path, so the two cannot drift apart.
     fn finish_headers(
         &self,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
         outcome: &Outcome,
         age: Option<u64>,
-    ) -> pingora::Result<()> {
+        route_label: &'static str,
+    ) -> pingora::Result<CacheStatus> {
         let status = outcome.status();
-        ctx.cache.status = status;
         resp.insert_header("x-cache", status.as_str())?;
         resp.insert_header("cache-status", outcome.cache_status())?;
         if let Some(age) = age {
@@ -425,28 +410,26 @@ impl Cache {
         }
         METRICS
             .cache_lookups
-            .with_label_values(&[outcome.metric(), ctx.route])
+            .with_label_values(&[outcome.metric(), route_label])
             .inc();
-        Ok(())
+        Ok(status)
     }
 
-    /// Response headers for what the cache did (X-Cache, Cache-Status, Age).
+    /// Step 4: response headers for what the cache did (X-Cache, Cache-Status, Age) on a
+    /// response from the state machine. `fwd_status` is the origin's status, when asked.
     pub fn response_filter(
         &self,
-        session: &mut Session,
+        session: &Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        if ctx.subrequest {
-            // A background refresh: nobody sees this response, and the client request that
-            // spawned it was already counted.
-            return Ok(());
-        }
-        let outcome = self.outcome(session, ctx);
+        ctx: &CacheCtx,
+        fwd_status: Option<u16>,
+        route_label: &'static str,
+    ) -> pingora::Result<CacheStatus> {
+        let outcome = self.outcome(session, ctx, fwd_status);
         if let CachePhase::Disabled(NoCacheReason::ResponseTooLarge) = session.cache.phase() {
             METRICS
                 .cache_store_rejections
-                .with_label_values(&["too-large"])
+                .with_label_values(&[NoStoreReason::TooLarge.as_str()])
                 .inc();
         }
         let age = match outcome {
@@ -455,12 +438,12 @@ impl Cache {
             }
             _ => None,
         };
-        self.finish_headers(resp, ctx, &outcome, age)
+        self.finish_headers(resp, &outcome, age, route_label)
     }
 
-    /// Called with the response header of a write before it goes downstream: a successful
-    /// write invalidates the scopes it touched.
-    pub fn after_write(&self, req: &RequestHeader, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    /// Step 5, with the response header of a write before it goes downstream: a successful
+    /// write invalidates the scopes it touched. `body` is the inspected request body, if any.
+    pub fn after_write(&self, req: &RequestHeader, resp: &ResponseHeader, body: Option<&[u8]>) {
         if !self.settings.enabled || !(200..400).contains(&resp.status.as_u16()) {
             return;
         }
@@ -472,13 +455,9 @@ impl Cache {
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| invalidation::same_origin_target(v, &self.authority, path))
             .collect();
-        let bumped = self.invalidation.on_write(
-            &req.method,
-            path,
-            pq,
-            ctx.write_body.as_deref(),
-            &locations,
-        );
+        let bumped = self
+            .invalidation
+            .on_write(&req.method, path, pq, body, &locations);
         tracing::debug!(?bumped, "write invalidated");
         if self.fleet.is_some() {
             let invalidation::Bumped {
@@ -498,13 +477,17 @@ impl Cache {
     }
 }
 
-fn disabled_detail(reason: NoCacheReason) -> &'static str {
+fn disabled_reason(reason: NoCacheReason) -> NoStoreReason {
     match reason {
-        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
-        NoCacheReason::CacheLockGiveUp => "lock-released",
-        NoCacheReason::CacheLockTimeout => "lock-timeout",
-        NoCacheReason::Custom(r) => r,
-        _ => "uncacheable",
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
+            NoStoreReason::TooLarge
+        }
+        NoCacheReason::CacheLockGiveUp => NoStoreReason::LockReleased,
+        NoCacheReason::CacheLockTimeout => NoStoreReason::LockTimeout,
+        NoCacheReason::Custom(r) => {
+            NoStoreReason::from_custom(r).unwrap_or(NoStoreReason::Uncacheable)
+        }
+        _ => NoStoreReason::Uncacheable,
     }
 }
 

@@ -16,13 +16,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use crate::config::{CacheRoute, CacheSettings, Share};
 
 use super::key;
+use super::phase::{BypassReason, NoStoreReason};
 
 /// Statuses a response may be stored with (RFC 9110 §15.1 heuristically cacheable, minus 206
 /// which needs range-aware storage, minus 308 which Raster never sends).
 pub const STORABLE: &[u16] = &[200, 203, 204, 300, 301, 404, 405, 410, 414, 501];
-
-/// Why a response is not stored; also the `detail` of `Cache-Status`.
-pub type Reason = &'static str;
 
 /// What a stored response is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +32,14 @@ pub struct Freshness {
 }
 
 /// Is this request one the cache may answer or store? `Err` names why not.
-pub fn request_cacheable(req: &RequestHeader) -> Result<(), Reason> {
+pub fn request_cacheable(req: &RequestHeader) -> Result<(), BypassReason> {
     if req.method != Method::GET && req.method != Method::HEAD {
-        return Err("method");
+        return Err(BypassReason::Method);
     }
     // Partial content is passed through untouched: storing whole bodies for range requests
     // would turn a small read into a full download from the origin.
     if req.headers.contains_key(http::header::RANGE) {
-        return Err("range");
+        return Err(BypassReason::Range);
     }
     Ok(())
 }
@@ -83,29 +81,29 @@ pub fn decide(
     req: &RequestHeader,
     resp: &ResponseHeader,
     now: SystemTime,
-) -> Result<Freshness, Reason> {
+) -> Result<Freshness, NoStoreReason> {
     let status = resp.status.as_u16();
     if !STORABLE.contains(&status) {
         return Err(if status >= 500 {
-            "upstream-error"
+            NoStoreReason::UpstreamError
         } else {
-            "status"
+            NoStoreReason::Status
         });
     }
     if resp.headers.contains_key(http::header::SET_COOKIE) {
-        return Err("set-cookie");
+        return Err(NoStoreReason::SetCookie);
     }
     if key::vary_star(resp) {
-        return Err("vary-star");
+        return Err(NoStoreReason::VaryStar);
     }
     let shared = settings.share == Share::Shared;
     let cc = CacheControl::from_resp_headers(resp);
     let cc = cc.as_ref();
     if cc.is_some_and(|c| c.no_store()) {
-        return Err("no-store");
+        return Err(NoStoreReason::NoStore);
     }
     if shared && cc.is_some_and(|c| c.private()) {
-        return Err("private");
+        return Err(NoStoreReason::Private);
     }
     // RFC 9111 §3.5: a shared cache stores responses to authenticated requests only when the
     // origin explicitly allows it. In per-key mode the cache is private to the key.
@@ -115,7 +113,7 @@ pub fn decide(
             c.public() || matches!(c.s_maxage(), Ok(Some(_))) || c.must_revalidate()
         })
     {
-        return Err("authorization");
+        return Err(NoStoreReason::Authorization);
     }
 
     let s_maxage = if shared {
@@ -159,9 +157,9 @@ pub fn decide(
     if fresh.is_zero() && !(origin.is_some() && has_validator(resp)) {
         // Nothing to gain from storing: it would be stale at once and cannot be revalidated.
         return Err(if origin.is_some() {
-            "stale-on-arrival"
+            NoStoreReason::StaleOnArrival
         } else {
-            "no-freshness"
+            NoStoreReason::NoFreshness
         });
     }
 
@@ -246,7 +244,7 @@ mod tests {
         s: &CacheSettings,
         r: Option<&CacheRoute>,
         h: &ResponseHeader,
-    ) -> Result<Freshness, Reason> {
+    ) -> Result<Freshness, NoStoreReason> {
         decide(s, r, &req(true), h, SystemTime::now())
     }
 
@@ -257,7 +255,10 @@ mod tests {
         assert_eq!(f.fresh, Duration::from_secs(15));
         assert_eq!(f.stale_while_revalidate, Duration::from_secs(7));
         assert_eq!(f.stale_if_error, Duration::from_secs(60));
-        assert_eq!(d(&s, None, &resp(200, &[])), Err("no-freshness"));
+        assert_eq!(
+            d(&s, None, &resp(200, &[])),
+            Err(NoStoreReason::NoFreshness)
+        );
     }
 
     #[test]
@@ -284,7 +285,7 @@ mod tests {
         assert_eq!(f.fresh, Duration::from_secs(6));
         assert_eq!(
             d(&s, Some(&r), &resp(200, &[("cache-control", "no-store")])),
-            Err("no-store")
+            Err(NoStoreReason::NoStore)
         );
         let f = d(
             &s,
@@ -302,8 +303,11 @@ mod tests {
         let r = route();
         let private = resp(200, &[("cache-control", "private, max-age=5")]);
         assert!(d(&per_key, Some(&r), &private).is_ok());
-        assert_eq!(d(&shared, Some(&r), &private), Err("private"));
-        assert_eq!(d(&shared, Some(&r), &resp(200, &[])), Err("authorization"));
+        assert_eq!(d(&shared, Some(&r), &private), Err(NoStoreReason::Private));
+        assert_eq!(
+            d(&shared, Some(&r), &resp(200, &[])),
+            Err(NoStoreReason::Authorization)
+        );
         let public = resp(200, &[("cache-control", "public, max-age=5")]);
         assert!(d(&shared, Some(&r), &public).is_ok());
         let smax = resp(200, &[("cache-control", "s-maxage=9, max-age=1")]);
@@ -322,10 +326,13 @@ mod tests {
         let s = settings(Share::PerKey);
         let r = route();
         for st in [401, 403, 429, 206] {
-            assert_eq!(d(&s, Some(&r), &resp(st, &[])), Err("status"));
+            assert_eq!(d(&s, Some(&r), &resp(st, &[])), Err(NoStoreReason::Status));
         }
         for st in [500, 502, 503, 504] {
-            assert_eq!(d(&s, Some(&r), &resp(st, &[])), Err("upstream-error"));
+            assert_eq!(
+                d(&s, Some(&r), &resp(st, &[])),
+                Err(NoStoreReason::UpstreamError)
+            );
         }
         assert_eq!(
             d(&s, Some(&r), &resp(404, &[])).unwrap().fresh,
@@ -333,11 +340,11 @@ mod tests {
         );
         assert_eq!(
             d(&s, Some(&r), &resp(200, &[("set-cookie", "a=b")])),
-            Err("set-cookie")
+            Err(NoStoreReason::SetCookie)
         );
         assert_eq!(
             d(&s, Some(&r), &resp(200, &[("vary", "*")])),
-            Err("vary-star")
+            Err(NoStoreReason::VaryStar)
         );
     }
 
@@ -358,7 +365,7 @@ mod tests {
         assert!(f.fresh >= Duration::from_secs(19) && f.fresh <= Duration::from_secs(20));
         assert_eq!(
             d(&s, Some(&route()), &resp(200, &[("expires", "0")])),
-            Err("stale-on-arrival")
+            Err(NoStoreReason::StaleOnArrival)
         );
         let nc = resp(200, &[("cache-control", "no-cache"), ("etag", "\"x\"")]);
         let f = d(&s, Some(&route()), &nc).unwrap();
@@ -371,9 +378,9 @@ mod tests {
         let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
         assert!(request_cacheable(&r).is_ok());
         r.insert_header("range", "bytes=0-1").unwrap();
-        assert_eq!(request_cacheable(&r), Err("range"));
+        assert_eq!(request_cacheable(&r), Err(BypassReason::Range));
         let p = RequestHeader::build("POST", b"/a", None).unwrap();
-        assert_eq!(request_cacheable(&p), Err("method"));
+        assert_eq!(request_cacheable(&p), Err(BypassReason::Method));
         let mut c = RequestHeader::build("GET", b"/a", None).unwrap();
         assert!(!client_wants_revalidation(&c));
         c.insert_header("cache-control", "max-age=0").unwrap();

@@ -3,6 +3,8 @@
 //! `cache_lookups{result}` metric. One function renders them for both readers of the store
 //! (the fast path and the state machine), so the two cannot drift apart.
 
+use super::phase::{NoStoreReason, StaleKind};
+
 /// What the cache did for one request, as `X-Cache` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CacheStatus {
@@ -32,10 +34,10 @@ impl CacheStatus {
 pub enum Outcome {
     /// Served fresh from the store; `collapsed` when it waited on another request's fetch.
     Hit { ttl: i64, collapsed: bool },
-    /// Served stale: `detail` is `stale-while-revalidate` or `stale-if-error`.
+    /// Served stale, while revalidating or because the origin failed.
     Stale {
         ttl: i64,
-        detail: &'static str,
+        kind: StaleKind,
         fwd_status: Option<u16>,
     },
     /// A stored response confirmed by the origin's 304.
@@ -45,7 +47,7 @@ pub enum Outcome {
         stale: bool,
         fwd_status: Option<u16>,
         stored: bool,
-        detail: Option<&'static str>,
+        detail: Option<NoStoreReason>,
     },
     /// Not looked up at all.
     Bypass { detail: &'static str },
@@ -64,16 +66,18 @@ impl Outcome {
 
     /// The `cache_lookups_total{result}` label.
     pub fn metric(&self) -> &'static str {
+        use crate::metrics::LookupResult as R;
         match self {
             Outcome::Hit {
                 collapsed: true, ..
-            } => "coalesced",
-            Outcome::Hit { .. } => "hit",
-            Outcome::Stale { .. } => "stale",
-            Outcome::Revalidated { .. } => "revalidated",
-            Outcome::Miss { .. } => "miss",
-            Outcome::Bypass { .. } => "bypass",
+            } => R::Coalesced,
+            Outcome::Hit { .. } => R::Hit,
+            Outcome::Stale { .. } => R::Stale,
+            Outcome::Revalidated { .. } => R::Revalidated,
+            Outcome::Miss { .. } => R::Miss,
+            Outcome::Bypass { .. } => R::Bypass,
         }
+        .as_str()
     }
 
     /// The `Cache-Status` value (RFC 9211).
@@ -92,18 +96,21 @@ impl Outcome {
             } => format!("{NAME}; hit; ttl={ttl}; collapsed"),
             Outcome::Stale {
                 ttl,
-                detail,
+                kind: StaleKind::IfError,
                 fwd_status: s,
-            } => {
-                if *detail == "stale-if-error" {
-                    format!(
-                        "{NAME}; fwd=stale{}; ttl={ttl}; detail={detail}",
-                        fwd_status(s)
-                    )
-                } else {
-                    format!("{NAME}; hit; ttl={ttl}; detail={detail}")
-                }
-            }
+            } => format!(
+                "{NAME}; fwd=stale{}; ttl={ttl}; detail={}",
+                fwd_status(s),
+                StaleKind::IfError.as_str()
+            ),
+            Outcome::Stale {
+                ttl,
+                kind: StaleKind::WhileRevalidate,
+                ..
+            } => format!(
+                "{NAME}; hit; ttl={ttl}; detail={}",
+                StaleKind::WhileRevalidate.as_str()
+            ),
             Outcome::Revalidated { ttl, stored } => format!(
                 "{NAME}; fwd=stale; fwd-status=304; ttl={ttl}{}",
                 if *stored { "; stored" } else { "" }
@@ -124,7 +131,7 @@ impl Outcome {
                 }
                 if let Some(d) = detail {
                     v.push_str("; detail=");
-                    v.push_str(d);
+                    v.push_str(d.as_str());
                 }
                 v
             }

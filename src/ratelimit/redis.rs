@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::gcra::{Outcome, Quota};
 use super::Subject;
 use crate::config::RedisSettings;
-use crate::metrics::METRICS;
+use crate::metrics::{RedisErrorKind, RedisOp, METRICS};
 
 /// The GCRA step. KEYS[1] = subject key; ARGV[1] = emission interval, ARGV[2] = tolerance
 /// (both µs). Returns `{allowed (0|1), TAT - now (µs)}` with the TAT after the decision.
@@ -69,34 +69,14 @@ pub enum RedisLimitError {
 }
 
 impl RedisLimitError {
-    /// `kind` label of `raster_edge_redis_errors_total`.
-    pub fn kind(&self) -> &'static str {
+    /// `kind` label of `raster_edge_redis_errors_total` (a backoff is no Redis error and is
+    /// never counted there).
+    pub fn kind(&self) -> RedisErrorKind {
         match self {
-            RedisLimitError::Timeout => "timeout",
-            RedisLimitError::Backoff => "backoff",
-            RedisLimitError::NoRuntime => "no_runtime",
-            RedisLimitError::BadReply => "bad_reply",
-            RedisLimitError::Redis(e) => redis_kind(e),
-        }
-    }
-}
-
-fn redis_kind(e: &redis::RedisError) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connection_refusal() {
-        "refused"
-    } else if e.is_connection_dropped() {
-        "dropped"
-    } else {
-        match e.kind() {
-            redis::ErrorKind::IoError => "io",
-            redis::ErrorKind::ResponseError | redis::ErrorKind::ExtensionError => "response",
-            redis::ErrorKind::NoScriptError => "noscript",
-            redis::ErrorKind::TypeError => "type",
-            redis::ErrorKind::AuthenticationFailed => "auth",
-            redis::ErrorKind::BusyLoadingError => "loading",
-            _ => "other",
+            RedisLimitError::Timeout | RedisLimitError::Backoff => RedisErrorKind::Timeout,
+            RedisLimitError::NoRuntime => RedisErrorKind::NoRuntime,
+            RedisLimitError::BadReply => RedisErrorKind::BadReply,
+            RedisLimitError::Redis(e) => RedisErrorKind::of(e),
         }
     }
 }
@@ -202,7 +182,7 @@ impl RedisBackend {
             Err(e) => {
                 METRICS
                     .redis_errors
-                    .with_label_values(&["ratelimit", e.kind()])
+                    .with_label_values(&[RedisOp::RateLimit.as_str(), e.kind().as_str()])
                     .inc();
                 let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
                 let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
@@ -271,7 +251,10 @@ impl RedisBackend {
                     Err(e) => {
                         METRICS
                             .redis_errors
-                            .with_label_values(&["connect", redis_kind(&e)])
+                            .with_label_values(&[
+                                RedisOp::Connect.as_str(),
+                                RedisErrorKind::of(&e).as_str(),
+                            ])
                             .inc();
                         tracing::warn!(error = %e, "redis connection failed; retrying");
                         tokio::time::sleep(CONNECT_RETRY).await;

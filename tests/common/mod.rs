@@ -11,6 +11,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod inproc;
+
+/// A gateway a test talks to: the real binary ([`Edge`]) or the server inside the test process
+/// ([`inproc::InProcess`]).
+pub trait Target {
+    fn url(&self, path: &str) -> String;
+    fn admin_url(&self, path: &str) -> String;
+}
+
+impl Target for Edge {
+    fn url(&self, path: &str) -> String {
+        Edge::url(self, path)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        Edge::admin_url(self, path)
+    }
+}
+
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A loopback port that was free a moment ago and that this test process has not handed out

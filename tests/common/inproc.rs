@@ -1,0 +1,96 @@
+//! The gateway inside the test process: the real Pingora server built by
+//! `raster_edge::server::build`, on ephemeral loopback ports, stopped when the handle drops.
+//! It serves exactly as the binary does; what it adds is reach into the process — the test
+//! holds the cache and ages its entries instead of sleeping through TTLs.
+//!
+//! Metrics are process-wide, so tests that read `/metrics` use the real binary ([`super::Edge`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use raster_edge::cache::Cache;
+use raster_edge::config;
+
+use super::{free_addr, wait_for_port, Target};
+
+/// Tells the in-process server to stop (a fast shutdown: no drain, no process exit).
+struct StopSignal(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    cache: &'static Cache,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Starts a gateway in front of `upstream` with `toml` layered over the embedded default.
+    pub fn start(upstream: &str, toml: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = config::parse(toml, "test config", &[]).expect("test config parses");
+        let addr = free_addr();
+        let admin = free_addr();
+        file.listen.proxy = addr.to_string();
+        file.listen.admin = admin.to_string();
+        file.upstream.url = upstream.to_string();
+        file.server.runtime_dir = Some(dir.path().display().to_string());
+        let settings = config::validate(file).expect("test config is valid");
+        let instance = raster_edge::server::build(settings).expect("gateway builds");
+        let cache = instance.cache();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = StopSignal(stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("in-process gateway".into())
+            .spawn(move || instance.run(Box::new(signal)))
+            .expect("spawn the gateway thread");
+        assert!(
+            wait_for_port(addr, Duration::from_secs(15)),
+            "in-process gateway did not listen on {addr}"
+        );
+        InProcess {
+            addr,
+            admin,
+            cache,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Ages every stored response by `by`, as if that much time had passed.
+    pub fn age(&self, by: Duration) {
+        self.cache.storage().age_entries(by);
+    }
+}
+
+impl Target for InProcess {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
