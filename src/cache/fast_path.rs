@@ -14,7 +14,7 @@ use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::conditional_filter::{not_modified_filter, to_304};
 
-use super::storage::Entry;
+use super::entry::Entry;
 use super::{key, Cache, FreshHit, Outcome, Prepared};
 
 /// The stored entry this request would be served, if it is fresh.

@@ -10,7 +10,8 @@
 //! 4. [`Cache::response_filter`]: `X-Cache`, `Cache-Status`, `Age` and the lookup metric;
 //! 5. [`Cache::after_write`]: what a successful write invalidates.
 //!
-//! Modules: [`storage`] (`pingora_cache::Storage` on moka, the uncacheable-key predictor),
+//! Modules: [`storage`] (`pingora_cache::Storage` on moka), [`entry`] (one stored response and its
+//! real memory cost), [`predictor`] (which keys skip the cache lock),
 //! [`key`] (primary key framing and `Vary` variance), [`policy`] (what may be stored and for how
 //! long), [`status`] (`X-Cache`, `Cache-Status`), [`invalidation`] (scope / tree / URL
 //! generations, write rules, purge), [`fleet`] (invalidations across instances through Redis).
@@ -18,12 +19,14 @@
 //! Every place where we work around pingora-cache, and why, is listed in
 //! `docs/ARCHITECTURE.md` ("Where we work around pingora-cache").
 
+pub mod entry;
 pub mod fast_path;
 pub mod fleet;
 pub mod invalidation;
 pub mod key;
 pub mod phase;
 pub mod policy;
+pub mod predictor;
 pub mod status;
 pub mod storage;
 
@@ -48,9 +51,9 @@ use key::Partition;
 pub use phase::{
     BypassReason, CacheCtx, Lookup, NoStoreReason, Prepared, StaleKind, StoreDecision,
 };
+use predictor::UncacheableKeys;
 pub use status::{CacheStatus, Outcome};
 pub use storage::MokaStorage;
-use storage::UncacheableKeys;
 
 /// A fresh stored response, with the cache's headers, ready for the gateway to decorate and send.
 pub struct FreshHit {
