@@ -5,8 +5,10 @@
 //! [`upstream`] (the origin peer) → [`gateway`] (the `ProxyHttp` impl that strings these
 //! together and writes the response) → [`access_log`] and [`metrics`]. [`config`] turns the
 //! TOML file into validated [`config::Settings`]; [`server`] builds the Pingora server from them;
-//! [`admin`] serves health, metrics and purge on a separate listener. [`mock`] is the Raster API
-//! simulator behind the `raster-mock` binary.
+//! [`admin`] serves health, metrics and purge on a separate listener.
+//!
+//! The Raster API simulator is not part of this library: it lives in the `raster-mock` binary's
+//! own module tree (`src/bin/raster-mock/`), so the gateway never links it.
 
 pub mod access_log;
 pub mod admin;
@@ -16,7 +18,6 @@ pub mod edge;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;
-pub mod mock;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
