@@ -7,9 +7,10 @@
 //! on every response) → [`access_log`] and [`metrics`]. [`gateway`] is the `ProxyHttp` impl
 //! that strings these together, one hook per step; docs/ARCHITECTURE.md walks through it.
 //! [`config`] turns the TOML file into validated [`config::Settings`]; [`server`] builds the
-//! Pingora server from them;
-//! [`admin`] serves health, metrics and purge on a separate listener. [`mock`] is the Raster API
-//! simulator behind the `raster-mock` binary.
+//! Pingora server from them; [`admin`] serves health, metrics and purge on a separate listener.
+//!
+//! The Raster API simulator is not part of this library: it lives in the `raster-mock` binary's
+//! own module tree (`src/bin/raster-mock/`), so the gateway never links it.
 
 pub mod access_log;
 pub mod admin;
@@ -20,7 +21,6 @@ pub mod edge;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;
-pub mod mock;
 pub mod ratelimit;
 pub mod response;
 pub mod routes;

@@ -91,34 +91,13 @@ async fn test_two_instances_run_side_by_side() {
 
 #[test]
 fn test_access_log_is_json_and_never_contains_the_key() {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mock = Mock::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("{PLAIN}[log]\nformat = \"json\"\n")).unwrap();
-    let addr = common::free_addr();
-    let admin = common::free_addr();
-    let mut child = Command::new(common::edge_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--upstream")
-        .arg(mock.url())
-        .env("RASTER_EDGE_RUNTIME_DIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(common::wait_for_port(addr, Duration::from_secs(15)));
+    let mut edge = Edge::start(&mock.url(), &format!("{PLAIN}[log]\nformat = \"json\"\n"));
     rt.block_on(async {
         for key in ["demo-read", "totally-secret-key"] {
             let _ = client()
-                .get(format!("http://{addr}/me?q=1"))
+                .get(edge.url("/me?q=1"))
                 .headers(auth(key))
                 .send()
                 .await
@@ -126,18 +105,9 @@ fn test_access_log_is_json_and_never_contains_the_key() {
         }
     });
     std::thread::sleep(Duration::from_millis(200));
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    edge.proc.signal(15);
+    assert!(edge.proc.wait_exit(Duration::from_secs(10)).is_some());
+    let err = edge.proc.output();
     let access: Vec<serde_json::Value> = err
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

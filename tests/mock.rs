@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -944,9 +943,9 @@ async fn bad_config_is_rejected_and_changes_nothing() {
 
 #[tokio::test]
 async fn busy_port_exits_quickly_with_a_message() {
-    // A port from the harness registry, so no parallel test is handed the same one.
-    let addr = common::free_addr();
-    let _taken = TcpListener::bind(addr).unwrap();
+    // The registry's own listener holds the port, so it stays busy for the whole test.
+    let taken = common::reserve();
+    let addr = taken.addr();
     let t = Instant::now();
     let out = Command::new(mock_bin())
         .args(["--listen", &addr.to_string()])
@@ -958,6 +957,65 @@ async fn busy_port_exits_quickly_with_a_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr.to_string()), "stderr: {err}");
+    drop(taken);
+}
+
+#[tokio::test]
+async fn port_zero_announces_the_bound_port_first_and_serves_there() {
+    let mut cmd = Command::new(mock_bin());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let mut proc = common::Proc::spawn_reading_stdout("raster-mock", cmd);
+    let first = proc
+        .wait_line(Duration::from_secs(15), |_| true)
+        .expect("a first stdout line");
+    let addr = common::parse_listening(&first).expect("`listening on ADDR`");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{first}");
+    let r = client()
+        .get(format!("http://{addr}/__mock/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn explicit_listen_address_is_kept_and_announced_and_a_lost_port_is_retried() {
+    // The first attempt loses its port on purpose (the registry's listener still holds it, as
+    // another process would): the harness must see the mock's bind failure as a lost race and
+    // try again on a fresh port, which then serves under exactly the address it was given.
+    let mut attempts = 0;
+    let (addr, _proc) = common::retry_on_port_race("raster-mock", || {
+        attempts += 1;
+        let reserved = common::reserve();
+        let mut cmd = Command::new(mock_bin());
+        cmd.args(["--listen", &reserved.addr().to_string()]);
+        let (addr, _stolen) = if attempts == 1 {
+            (reserved.addr(), Some(reserved))
+        } else {
+            (reserved.release(), None)
+        };
+        let mut proc = common::Proc::spawn_reading_stdout("raster-mock", cmd);
+        match proc.wait_line(Duration::from_secs(15), |_| true) {
+            Ok(line) => {
+                assert_eq!(line, format!("listening on {addr}"));
+                common::Attempt::Up((addr, proc))
+            }
+            Err(_) if common::lost_port(&proc.output(), &[addr]) => common::Attempt::PortTaken,
+            Err(why) => common::Attempt::Failed(format!("{why:?}: {}", proc.output())),
+        }
+    })
+    .unwrap();
+    assert!(
+        attempts >= 2,
+        "the held port must have failed the first attempt"
+    );
+    let r = client()
+        .get(format!("http://{addr}/me"))
+        .headers(auth("demo-read"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

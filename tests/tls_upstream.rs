@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{auth, client, free_port, wait_for_port, Edge, Proc};
+use common::{auth, client, spawn_on_fresh_port, Edge, Proc};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -83,26 +83,22 @@ fn tls_origin(dir: &Path) -> (u16, Proc) {
             "leaf.pem",
         ],
     );
-    let port = free_port();
-    let mut cmd = Command::new("openssl");
-    cmd.current_dir(dir).args([
-        "s_server",
-        "-4",
-        "-accept",
-        &port.to_string(),
-        "-cert",
-        "leaf.pem",
-        "-key",
-        "leaf.key",
-        "-www",
-        "-quiet",
-    ]);
-    let proc = Proc::spawn("openssl s_server", cmd);
-    assert!(wait_for_port(
-        ([127, 0, 0, 1], port).into(),
-        Duration::from_secs(10)
-    ));
-    (port, proc)
+    spawn_on_fresh_port("openssl s_server", Duration::from_secs(10), |port| {
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(dir).args([
+            "s_server",
+            "-4",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "leaf.pem",
+            "-key",
+            "leaf.key",
+            "-www",
+            "-quiet",
+        ]);
+        cmd
+    })
 }
 
 const PLAIN: &str = "[cache]\nenabled = false\n[rate_limit]\nenabled = false\n";

@@ -14,7 +14,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use raster_edge::cache::Cache;
 use raster_edge::config;
 
-use super::{free_addr, wait_for_port, Target};
+use super::{reserve, wait_for_port, Target};
 
 /// Tells the in-process server to stop (a fast shutdown: no drain, no process exit).
 struct StopSignal(Arc<tokio::sync::Notify>);
@@ -41,13 +41,14 @@ impl InProcess {
     pub fn start(upstream: &str, toml: &str) -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut file = config::parse(toml, "test config", &[]).expect("test config parses");
-        let addr = free_addr();
-        let admin = free_addr();
-        file.listen.proxy = addr.to_string();
-        file.listen.admin = admin.to_string();
+        let (proxy, admin) = (reserve(), reserve());
+        file.listen.proxy = proxy.addr().to_string();
+        file.listen.admin = admin.addr().to_string();
         file.upstream.url = upstream.to_string();
         file.server.runtime_dir = Some(dir.path().display().to_string());
         let settings = config::validate(file).expect("test config is valid");
+        // Held until just before the server is built and binds them.
+        let (addr, admin) = (proxy.release(), admin.release());
         let instance = raster_edge::server::build(settings).expect("gateway builds");
         let cache = instance.cache();
         let stop = Arc::new(tokio::sync::Notify::new());

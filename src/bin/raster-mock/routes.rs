@@ -577,7 +577,6 @@ fn create_anonymous(data: &RwLock<Data>, call: &ApiCall) -> Result<Reply, ApiErr
     d.keys.insert(
         api_key.clone(),
         ApiKey {
-            key: api_key.clone(),
             org: org.clone(),
             access: Access::Write,
             libraries: Some(vec![lib.clone()]),
@@ -928,7 +927,7 @@ fn upload(data: &RwLock<Data>, lib: &str, call: &ApiCall) -> Result<Reply, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::fixtures::fixture;
+    use crate::fixtures::fixture;
 
     fn call<'a>(method: &'a Method, path: &'a str, key: &'a str, body: &'a [u8]) -> ApiCall<'a> {
         let (path, query) = match path.split_once('?') {

@@ -87,11 +87,6 @@ impl MockService {
         self.config.read().clone()
     }
 
-    /// API requests received since start or the last reset (control calls excluded).
-    pub fn requests(&self) -> u64 {
-        self.stats.requests()
-    }
-
     /// Restores the fixture data, zeroes the counters and puts the config back to the flags.
     pub fn reset(&self) {
         *self.data.write() = fixture();

@@ -1,5 +1,5 @@
 //! The mock's data model: organizations, libraries, assets and API keys, plus the mutations the
-//! write routes perform. Everything lives behind one lock in [`super::MockService`].
+//! write routes perform. Everything lives behind one lock in [`crate::server::MockService`].
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,10 +14,9 @@ pub enum Access {
     Write,
 }
 
-/// An API key and its scope.
+/// An API key's scope (the key itself is the map key in [`Data::keys`]).
 #[derive(Clone, Debug)]
 pub struct ApiKey {
-    pub key: String,
     pub org: String,
     pub access: Access,
     /// `None`: every library of the organization (including ones created later).
