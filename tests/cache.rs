@@ -3,6 +3,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::time::{Duration, Instant};
 
 use common::inproc::InProcess;
@@ -177,13 +179,16 @@ async fn test_cache_miss_then_hit_with_one_upstream_request() {
     assert_eq!(mock.requests().await, 1);
     assert!(
         edge.metric(
-            "raster_edge_cache_lookups_total",
-            &[("result", "hit"), ("route", "assets")]
+            metrics::CACHE_LOOKUPS_TOTAL,
+            &[
+                ("result", metrics::LookupResult::Hit.as_str()),
+                ("route", "assets")
+            ]
         )
         .await
             >= 1.0
     );
-    assert!(edge.metric("raster_edge_cache_entries", &[]).await >= 1.0);
+    assert!(edge.metric(metrics::CACHE_ENTRIES, &[]).await >= 1.0);
 }
 
 #[tokio::test]
@@ -463,11 +468,14 @@ async fn test_cache_memory_bound_respected_under_churn() {
         .await;
         assert_eq!(g.status, 200);
     }
-    let bytes = edge.metric("raster_edge_cache_bytes", &[]).await;
+    let bytes = edge.metric(metrics::CACHE_BYTES, &[]).await;
     assert!(bytes > 0.0 && bytes <= bound as f64, "cache bytes {bytes}");
     assert!(
-        edge.metric("raster_edge_cache_evictions_total", &[("cause", "size")])
-            .await
+        edge.metric(
+            metrics::CACHE_EVICTIONS_TOTAL,
+            &[("cause", metrics::EvictionCause::Size.as_str())]
+        )
+        .await
             > 0.0
     );
 }
@@ -594,8 +602,8 @@ async fn test_cache_coalesces_100_concurrent_cold_requests_into_one() {
     assert_eq!(mock.requests().await, 1);
     assert!(
         edge.metric(
-            "raster_edge_cache_lookups_total",
-            &[("result", "coalesced")]
+            metrics::CACHE_LOOKUPS_TOTAL,
+            &[("result", metrics::LookupResult::Coalesced.as_str())]
         )
         .await
             >= 1.0
@@ -882,8 +890,8 @@ async fn test_cache_admin_purge_by_scope_and_by_url() {
     assert!(!got.contains(&"me"));
     assert!(
         edge.metric(
-            "raster_edge_cache_invalidations_total",
-            &[("reason", "purge")]
+            metrics::CACHE_INVALIDATIONS_TOTAL,
+            &[("reason", metrics::InvalidationReason::Purge.as_str())]
         )
         .await
             >= 3.0

@@ -5,6 +5,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +128,7 @@ async fn test_cache_memory_tracks_rss_and_stays_bounded() {
     let warm_start = Instant::now();
     let _ = fill_n(&edge, 1_000_000, 500).await;
     let before = rss_bytes(pid);
-    let bytes_before = edge.metric("raster_edge_cache_bytes", &[]).await;
+    let bytes_before = edge.metric(metrics::CACHE_BYTES, &[]).await;
 
     let ok = fill(&edge, 0).await;
     assert!(
@@ -134,8 +136,8 @@ async fn test_cache_memory_tracks_rss_and_stays_bounded() {
         "only {ok} of {URLS} requests answered"
     );
     let after = rss_bytes(pid);
-    let bytes = edge.metric("raster_edge_cache_bytes", &[]).await;
-    let entries = edge.metric("raster_edge_cache_entries", &[]).await;
+    let bytes = edge.metric(metrics::CACHE_BYTES, &[]).await;
+    let entries = edge.metric(metrics::CACHE_ENTRIES, &[]).await;
     let growth = after.saturating_sub(before) as f64;
     let counted = (bytes - bytes_before).max(0.0);
     eprintln!(

@@ -3,6 +3,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::time::{Duration, Instant};
 
 use common::{auth, client, Edge, Mock, Redis};
@@ -90,8 +92,8 @@ async fn test_fleet_write_on_one_instance_invalidates_the_other() {
     assert!(body.to_string().contains("fleet-tag"), "{body}");
     assert!(
         b.metric(
-            "raster_edge_cache_invalidations_total",
-            &[("reason", "fleet")]
+            metrics::CACHE_INVALIDATIONS_TOTAL,
+            &[("reason", metrics::InvalidationReason::Fleet.as_str())]
         )
         .await
             >= 1.0

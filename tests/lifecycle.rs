@@ -3,6 +3,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::time::{Duration, Instant};
 
 use common::{auth, client, Edge, Mock};
@@ -40,11 +42,11 @@ async fn test_admin_health_ready_and_metrics() {
     let text = edge.metrics().await;
     let n = common::metric_sum(
         &text,
-        "raster_edge_requests_total",
+        metrics::REQUESTS_TOTAL,
         &[("route", "me"), ("status", "2xx")],
     );
     assert_eq!(n, 1.0, "{text}");
-    assert!(text.contains("raster_edge_request_duration_seconds_bucket"));
+    assert!(text.contains(&format!("{}_bucket", metrics::REQUEST_DURATION_SECONDS)));
     assert!(!text.contains("demo-read"), "a raw key leaked into metrics");
     let r = c.get(edge.admin_url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -5,6 +5,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::time::{Duration, Instant};
 
 use common::{auth, client, free_addr, Edge, Mock, RawOrigin};
@@ -313,8 +315,8 @@ async fn test_upstream_down_answers_502_envelope_quickly() {
     );
     assert!(
         edge.metric(
-            "raster_edge_upstream_errors_total",
-            &[("kind", "connect_refused")]
+            metrics::UPSTREAM_ERRORS_TOTAL,
+            &[("kind", metrics::UpstreamErrorKind::ConnectRefused.as_str())]
         )
         .await
             >= 1.0

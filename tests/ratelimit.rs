@@ -5,6 +5,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::time::{Duration, Instant};
 
 use common::{auth, client, Edge, Mock, Redis};
@@ -68,8 +70,8 @@ async fn test_burst_plus_n_gets_exactly_n_429s_that_never_reach_origin() {
     assert_eq!(mock.requests().await, 10, "a 429 must not reach the origin");
     let limited_metric = edge
         .metric(
-            "raster_edge_ratelimit_decisions_total",
-            &[("result", "limited")],
+            metrics::RATELIMIT_DECISIONS_TOTAL,
+            &[("result", metrics::RateLimitResult::Limited.as_str())],
         )
         .await;
     assert_eq!(limited_metric, 3.0);
@@ -119,8 +121,8 @@ async fn test_shadow_mode_counts_but_never_rejects() {
     }
     let shadow = edge
         .metric(
-            "raster_edge_ratelimit_decisions_total",
-            &[("result", "shadow_limited")],
+            metrics::RATELIMIT_DECISIONS_TOTAL,
+            &[("result", metrics::RateLimitResult::ShadowLimited.as_str())],
         )
         .await;
     assert_eq!(shadow, 3.0);
@@ -201,10 +203,7 @@ async fn test_two_instances_sharing_redis_admit_one_quota() {
         (10..=11).contains(&admitted),
         "admitted {admitted} with a shared quota of 10"
     );
-    assert_eq!(
-        a.metric("raster_edge_ratelimit_fallback_active", &[]).await,
-        0.0
-    );
+    assert_eq!(a.metric(metrics::RATELIMIT_FALLBACK_ACTIVE, &[]).await, 0.0);
 }
 
 #[tokio::test]
@@ -229,26 +228,17 @@ async fn test_redis_killed_falls_back_to_local_then_recovers_on_restart() {
         "local limits still apply: {statuses:?}"
     );
     assert_eq!(
-        edge.metric("raster_edge_ratelimit_fallback_active", &[])
-            .await,
+        edge.metric(metrics::RATELIMIT_FALLBACK_ACTIVE, &[]).await,
         1.0
     );
-    assert!(
-        edge.metric("raster_edge_ratelimit_fallbacks_total", &[])
-            .await
-            >= 1.0
-    );
+    assert!(edge.metric(metrics::RATELIMIT_FALLBACKS_TOTAL, &[]).await >= 1.0);
 
     // Redis comes back: decisions go to Redis again and the fallback gauge drops.
     let redis = Redis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         get(&edge, "demo-write", "/me").await;
-        if edge
-            .metric("raster_edge_ratelimit_fallback_active", &[])
-            .await
-            == 0.0
-        {
+        if edge.metric(metrics::RATELIMIT_FALLBACK_ACTIVE, &[]).await == 0.0 {
             break;
         }
         assert!(
@@ -282,11 +272,7 @@ async fn test_redis_stalled_times_out_and_falls_back_with_bounded_latency() {
         worst < Duration::from_millis(700),
         "worst latency {worst:?}"
     );
-    assert!(
-        edge.metric("raster_edge_ratelimit_fallbacks_total", &[])
-            .await
-            >= 1.0
-    );
+    assert!(edge.metric(metrics::RATELIMIT_FALLBACKS_TOTAL, &[]).await >= 1.0);
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 
 mod common;
 
+use raster_edge::metrics;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -138,8 +140,11 @@ async fn test_https_upstream_with_untrusted_certificate_is_refused() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "UPSTREAM_UNAVAILABLE");
     assert!(
-        edge.metric("raster_edge_upstream_errors_total", &[("kind", "tls")])
-            .await
+        edge.metric(
+            metrics::UPSTREAM_ERRORS_TOTAL,
+            &[("kind", metrics::UpstreamErrorKind::Tls.as_str())]
+        )
+        .await
             >= 1.0
     );
 }
