@@ -1,15 +1,35 @@
-//! Path patterns and the named route table. Raster's routes are written like
+//! Path templates and the named route table: the one parser and matcher of the template syntax
+//! every part of the gateway uses. Raster's routes are written like
 //! `/organizations/{org}/libraries/{library}/assets`: a `{name}` matches exactly one non-empty
-//! path segment and captures it. The same matcher serves the edge (anonymous routes), the cache
-//! (TTL rules and route names for metrics) and invalidation (scopes a write touches), so a route
-//! means the same thing everywhere.
+//! path segment and captures it. Invalidation scope templates add `{body.field}` (a top-level
+//! field of a write's JSON body), which matches one segment like any parameter when a read is
+//! checked against the scope. Route rules (TTLs and metric names), anonymous routes,
+//! invalidation rules and their scopes all parse here, so a template means the same thing
+//! everywhere.
+//!
+//! Hand-written rather than a router crate such as `matchit`: the tables are first-match-wins
+//! lists a handful of rules long (a radix router picks the most specific route, not the first,
+//! and has no "next match" for a rule whose method differs), redundant slashes must match
+//! without normalising (allocating) the path first, and scopes match prefixes of a path. The
+//! linear walk measures in tens of nanoseconds (docs/BENCHMARKS.md, micro-benchmarks).
 
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
+    /// `{name}`: one segment of the path, captured.
     Param(String),
+    /// `{body.field}` (scope templates only): one segment, taken from the write's JSON body.
+    Body(String),
+}
+
+/// One piece of a template, as [`PathPattern::pieces`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Literal(&'a str),
+    Param(&'a str),
+    Body(&'a str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +48,20 @@ impl<'a> Captures<'a> {
     pub fn get(&self, name: &str) -> Option<&'a str> {
         self.pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        self.pairs.iter().copied()
-    }
 }
 
 impl PathPattern {
+    /// A route template: literals and `{name}` parameters.
     pub fn parse(pattern: &str) -> Result<Self, String> {
+        Self::parse_with(pattern, false)
+    }
+
+    /// An invalidation scope template: like [`Self::parse`], plus `{body.field}`.
+    pub fn scope(template: &str) -> Result<Self, String> {
+        Self::parse_with(template, true)
+    }
+
+    fn parse_with(pattern: &str, body: bool) -> Result<Self, String> {
         if !pattern.starts_with('/') {
             return Err(format!("{pattern:?} must start with '/'"));
         }
@@ -46,7 +72,16 @@ impl PathPattern {
                     .strip_suffix('}')
                     .filter(|n| !n.is_empty() && !n.contains(['{', '}']))
                     .ok_or_else(|| format!("{pattern:?}: bad parameter segment {seg:?}"))?;
-                segments.push(Segment::Param(name.to_string()));
+                segments.push(match name.strip_prefix("body.") {
+                    None => Segment::Param(name.to_string()),
+                    Some(_) if !body => {
+                        return Err(format!(
+                            "{pattern:?}: {seg} is only meaningful in invalidation scopes"
+                        ))
+                    }
+                    Some("") => return Err(format!("{pattern:?}: empty body field in {seg}")),
+                    Some(field) => Segment::Body(field.to_string()),
+                });
             } else if seg.contains(['{', '}']) {
                 return Err(format!("{pattern:?}: braces must enclose a whole segment"));
             } else {
@@ -59,7 +94,8 @@ impl PathPattern {
         })
     }
 
-    /// Matches a request path (without query). A trailing slash is ignored.
+    /// Matches a request path (without query). Empty segments (a trailing or doubled slash)
+    /// are ignored.
     pub fn captures<'p, 's>(&'p self, path: &'s str) -> Option<Captures<'s>>
     where
         'p: 's,
@@ -72,6 +108,7 @@ impl PathPattern {
                 Segment::Literal(lit) if lit == part => {}
                 Segment::Literal(_) => return None,
                 Segment::Param(name) => caps.pairs.push((name.as_str(), part)),
+                Segment::Body(_) => {}
             }
         }
         if parts.next().is_some() {
@@ -92,6 +129,33 @@ impl PathPattern {
             }
         }
         parts.next().is_none()
+    }
+
+    pub fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
+        self.segments.iter().map(|s| match s {
+            Segment::Literal(l) => Piece::Literal(l),
+            Segment::Param(n) => Piece::Param(n),
+            Segment::Body(f) => Piece::Body(f),
+        })
+    }
+
+    /// Number of segments: a deeper template is a more specific scope.
+    pub fn depth(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether both match exactly the same paths (parameter names aside).
+    pub fn same_shape(&self, other: &Self) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+                    _ => true,
+                })
     }
 
     pub fn as_str(&self) -> &str {
@@ -223,5 +287,36 @@ mod tests {
         assert!(PathPattern::parse("me").is_err());
         assert!(PathPattern::parse("/a/{}/b").is_err());
         assert!(PathPattern::parse("/a/x{y}").is_err());
+        assert!(PathPattern::parse("/a/{b{c}").is_err());
+        assert!(PathPattern::scope("me").is_err());
+        assert!(PathPattern::scope("/a/{body.}").is_err());
+        assert!(PathPattern::scope("/a/{}").is_err());
+    }
+
+    #[test]
+    fn body_fields_only_in_scopes_and_match_one_segment() {
+        assert!(PathPattern::parse("/a/{body.id}").is_err());
+        let s =
+            PathPattern::scope("/organizations/{org}/libraries/{body.targetLibraryId}").unwrap();
+        assert_eq!(
+            s.pieces().collect::<Vec<_>>(),
+            vec![
+                Piece::Literal("organizations"),
+                Piece::Param("org"),
+                Piece::Literal("libraries"),
+                Piece::Body("targetLibraryId"),
+            ]
+        );
+        assert!(s.matches("/organizations/o/libraries/lisbon"));
+        assert!(!s.matches("/organizations/o/libraries"));
+        assert!(!s.matches("/organizations/o/libraries/lisbon/assets"));
+        let c = s.captures("/organizations/o/libraries/lisbon").unwrap();
+        assert_eq!(c.get("org"), Some("o"));
+        assert_eq!(c.get("targetLibraryId"), None);
+        let p = PathPattern::parse("/organizations/{x}/libraries/{library}").unwrap();
+        assert!(s.same_shape(&p) && p.same_shape(&s));
+        assert!(!s.same_shape(&PathPattern::parse("/organizations/{x}/tags/{y}").unwrap()));
+        assert!(!s.same_shape(&PathPattern::parse("/organizations/{x}/libraries").unwrap()));
+        assert_eq!(s.depth(), 4);
     }
 }
