@@ -1,7 +1,9 @@
-//! Configuration: one TOML file (the embedded default `config/raster-edge.toml` when none is
-//! given), then `RASTER_EDGE_<SECTION>_<KEY>` environment variables, then CLI flags. The file
-//! format lives in [`file`], the validated settings the proxy runs on in [`settings`]; this
-//! module layers the sources and validates, reporting every problem by the key's name.
+//! Configuration: the embedded default `config/raster-edge.toml`, with the given TOML file
+//! layered over it, then `RASTER_EDGE_<SECTION>_<KEY>` environment variables, then CLI flags.
+//! The embedded file is the one source of defaults: the code has none of its own (an absent key
+//! takes the embedded value, an empty list stays empty). The file format lives in [`file`], the
+//! validated settings the proxy runs on and their per-section conversions in [`settings`]; this
+//! module layers the sources, reporting every problem by the key's name.
 
 pub mod file;
 pub mod settings;
