@@ -131,6 +131,15 @@ impl PathPattern {
         parts.next().is_none()
     }
 
+    /// [`Self::matches`] against a path already split into its non-empty segments.
+    fn matches_segments(&self, parts: &[&str]) -> bool {
+        self.segments.len() == parts.len()
+            && self.segments.iter().zip(parts).all(|(s, p)| match s {
+                Segment::Literal(lit) => lit == p,
+                Segment::Param(_) | Segment::Body(_) => true,
+            })
+    }
+
     pub fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
         self.segments.iter().map(|s| match s {
             Segment::Literal(l) => Piece::Literal(l),
@@ -186,6 +195,9 @@ pub struct RouteNames {
 
 pub const OTHER_ROUTE: &str = "other";
 
+/// Segments a path is split into on the stack for a lookup; longer paths take the plain walk.
+const MAX_SEGMENTS: usize = 16;
+
 impl RouteNames {
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a PathPattern, &'a str)>) -> Self {
         let routes = routes
@@ -200,7 +212,27 @@ impl RouteNames {
     /// The index of the first route matching `path` (the same index as in the table the
     /// names were built from) and its name.
     pub fn lookup(&self, path: &str) -> (Option<usize>, &'static str) {
-        match self.routes.iter().position(|(p, _)| p.matches(path)) {
+        // Split once onto the stack, then each rule is a length check and a few compares
+        // (rather than re-splitting the path for every rule it is tried against).
+        let mut buf = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for seg in split(path) {
+            if n == MAX_SEGMENTS {
+                return self.found(self.routes.iter().position(|(p, _)| p.matches(path)));
+            }
+            buf[n] = seg;
+            n += 1;
+        }
+        let parts = &buf[..n];
+        self.found(
+            self.routes
+                .iter()
+                .position(|(p, _)| p.matches_segments(parts)),
+        )
+    }
+
+    fn found(&self, index: Option<usize>) -> (Option<usize>, &'static str) {
+        match index {
             Some(i) => (Some(i), self.routes[i].1),
             None => (None, OTHER_ROUTE),
         }
@@ -272,6 +304,33 @@ mod tests {
         );
         assert_eq!(names.lookup("/organizations/o/search"), (Some(1), "catch"));
         assert_eq!(names.lookup("/nope"), (None, OTHER_ROUTE));
+    }
+
+    #[test]
+    fn lookup_agrees_with_matches_on_short_and_long_paths() {
+        let long = format!("/a{}", "/x".repeat(20));
+        let patterns = [
+            PathPattern::parse("/a/{b}/c").unwrap(),
+            PathPattern::parse("/me").unwrap(),
+            PathPattern::parse(&format!("/a{}", "/{x}".repeat(20))).unwrap(),
+        ];
+        let names = RouteNames::new(patterns.iter().map(|p| (p, "r")));
+        for path in [
+            "/a/x/c",
+            "//a//x/c/",
+            "/me",
+            "/me/x",
+            "/",
+            &long,
+            &format!("{long}/y"),
+        ] {
+            assert_eq!(
+                names.lookup(path).0,
+                patterns.iter().position(|p| p.matches(path)),
+                "{path}"
+            );
+        }
+        assert_eq!(names.lookup(&long).0, Some(2));
     }
 
     #[test]
