@@ -10,7 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use raster_edge::cache::invalidation::Invalidation;
 use raster_edge::cache::key::{self, KeyParts, Partition};
 use raster_edge::cache::{policy, MokaStorage};
-use raster_edge::config::{CacheRoute, CacheSettings, Share};
+use raster_edge::config::{self, CacheRoute, CacheSettings, Share};
 use raster_edge::edge::KeyId;
 use raster_edge::routes::{PathPattern, RouteNames};
 
@@ -60,7 +60,13 @@ fn settings() -> CacheSettings {
 }
 
 fn bench_key(c: &mut Criterion) {
-    let inv = Invalidation::new(&[]).expect("rules");
+    // The embedded default's rules (Raster's write routes): the scopes a read's key carries.
+    let file = config::parse(config::EMBEDDED_DEFAULT, "embedded default", &[]).expect("config");
+    let rules = config::validate(file)
+        .expect("valid config")
+        .cache
+        .invalidation;
+    let inv = Invalidation::new(&rules).expect("rules");
     inv.bump_scope("/organizations/monogram-labs/libraries/barcelona");
     let id = KeyId([7; 16]);
     // Regression: every request (hit or miss) pays this before the store is even consulted.

@@ -1,15 +1,35 @@
-//! Path patterns and the named route table. Raster's routes are written like
+//! Path templates and the named route table: the one parser and matcher of the template syntax
+//! every part of the gateway uses. Raster's routes are written like
 //! `/organizations/{org}/libraries/{library}/assets`: a `{name}` matches exactly one non-empty
-//! path segment and captures it. The same matcher serves the edge (anonymous routes), the cache
-//! (TTL rules and route names for metrics) and invalidation (scopes a write touches), so a route
-//! means the same thing everywhere.
+//! path segment and captures it. Invalidation scope templates add `{body.field}` (a top-level
+//! field of a write's JSON body), which matches one segment like any parameter when a read is
+//! checked against the scope. Route rules (TTLs and metric names), anonymous routes,
+//! invalidation rules and their scopes all parse here, so a template means the same thing
+//! everywhere.
+//!
+//! Hand-written rather than a router crate such as `matchit`: the tables are first-match-wins
+//! lists a handful of rules long (a radix router picks the most specific route, not the first,
+//! and has no "next match" for a rule whose method differs), redundant slashes must match
+//! without normalising (allocating) the path first, and scopes match prefixes of a path. The
+//! linear walk measures in tens of nanoseconds (docs/BENCHMARKS.md, micro-benchmarks).
 
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
+    /// `{name}`: one segment of the path, captured.
     Param(String),
+    /// `{body.field}` (scope templates only): one segment, taken from the write's JSON body.
+    Body(String),
+}
+
+/// One piece of a template, as [`PathPattern::pieces`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Literal(&'a str),
+    Param(&'a str),
+    Body(&'a str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +48,20 @@ impl<'a> Captures<'a> {
     pub fn get(&self, name: &str) -> Option<&'a str> {
         self.pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        self.pairs.iter().copied()
-    }
 }
 
 impl PathPattern {
+    /// A route template: literals and `{name}` parameters.
     pub fn parse(pattern: &str) -> Result<Self, String> {
+        Self::parse_with(pattern, false)
+    }
+
+    /// An invalidation scope template: like [`Self::parse`], plus `{body.field}`.
+    pub fn scope(template: &str) -> Result<Self, String> {
+        Self::parse_with(template, true)
+    }
+
+    fn parse_with(pattern: &str, body: bool) -> Result<Self, String> {
         if !pattern.starts_with('/') {
             return Err(format!("{pattern:?} must start with '/'"));
         }
@@ -46,7 +72,16 @@ impl PathPattern {
                     .strip_suffix('}')
                     .filter(|n| !n.is_empty() && !n.contains(['{', '}']))
                     .ok_or_else(|| format!("{pattern:?}: bad parameter segment {seg:?}"))?;
-                segments.push(Segment::Param(name.to_string()));
+                segments.push(match name.strip_prefix("body.") {
+                    None => Segment::Param(name.to_string()),
+                    Some(_) if !body => {
+                        return Err(format!(
+                            "{pattern:?}: {seg} is only meaningful in invalidation scopes"
+                        ))
+                    }
+                    Some("") => return Err(format!("{pattern:?}: empty body field in {seg}")),
+                    Some(field) => Segment::Body(field.to_string()),
+                });
             } else if seg.contains(['{', '}']) {
                 return Err(format!("{pattern:?}: braces must enclose a whole segment"));
             } else {
@@ -59,7 +94,8 @@ impl PathPattern {
         })
     }
 
-    /// Matches a request path (without query). A trailing slash is ignored.
+    /// Matches a request path (without query). Empty segments (a trailing or doubled slash)
+    /// are ignored.
     pub fn captures<'p, 's>(&'p self, path: &'s str) -> Option<Captures<'s>>
     where
         'p: 's,
@@ -72,6 +108,7 @@ impl PathPattern {
                 Segment::Literal(lit) if lit == part => {}
                 Segment::Literal(_) => return None,
                 Segment::Param(name) => caps.pairs.push((name.as_str(), part)),
+                Segment::Body(_) => {}
             }
         }
         if parts.next().is_some() {
@@ -92,6 +129,42 @@ impl PathPattern {
             }
         }
         parts.next().is_none()
+    }
+
+    /// [`Self::matches`] against a path already split into its non-empty segments.
+    fn matches_segments(&self, parts: &[&str]) -> bool {
+        self.segments.len() == parts.len()
+            && self.segments.iter().zip(parts).all(|(s, p)| match s {
+                Segment::Literal(lit) => lit == p,
+                Segment::Param(_) | Segment::Body(_) => true,
+            })
+    }
+
+    pub fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
+        self.segments.iter().map(|s| match s {
+            Segment::Literal(l) => Piece::Literal(l),
+            Segment::Param(n) => Piece::Param(n),
+            Segment::Body(f) => Piece::Body(f),
+        })
+    }
+
+    /// Number of segments: a deeper template is a more specific scope.
+    pub fn depth(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether both match exactly the same paths (parameter names aside).
+    pub fn same_shape(&self, other: &Self) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+                    _ => true,
+                })
     }
 
     pub fn as_str(&self) -> &str {
@@ -122,6 +195,9 @@ pub struct RouteNames {
 
 pub const OTHER_ROUTE: &str = "other";
 
+/// Segments a path is split into on the stack for a lookup; longer paths take the plain walk.
+const MAX_SEGMENTS: usize = 16;
+
 impl RouteNames {
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a PathPattern, &'a str)>) -> Self {
         let routes = routes
@@ -136,7 +212,27 @@ impl RouteNames {
     /// The index of the first route matching `path` (the same index as in the table the
     /// names were built from) and its name.
     pub fn lookup(&self, path: &str) -> (Option<usize>, &'static str) {
-        match self.routes.iter().position(|(p, _)| p.matches(path)) {
+        // Split once onto the stack, then each rule is a length check and a few compares
+        // (rather than re-splitting the path for every rule it is tried against).
+        let mut buf = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for seg in split(path) {
+            if n == MAX_SEGMENTS {
+                return self.found(self.routes.iter().position(|(p, _)| p.matches(path)));
+            }
+            buf[n] = seg;
+            n += 1;
+        }
+        let parts = &buf[..n];
+        self.found(
+            self.routes
+                .iter()
+                .position(|(p, _)| p.matches_segments(parts)),
+        )
+    }
+
+    fn found(&self, index: Option<usize>) -> (Option<usize>, &'static str) {
+        match index {
             Some(i) => (Some(i), self.routes[i].1),
             None => (None, OTHER_ROUTE),
         }
@@ -211,6 +307,33 @@ mod tests {
     }
 
     #[test]
+    fn lookup_agrees_with_matches_on_short_and_long_paths() {
+        let long = format!("/a{}", "/x".repeat(20));
+        let patterns = [
+            PathPattern::parse("/a/{b}/c").unwrap(),
+            PathPattern::parse("/me").unwrap(),
+            PathPattern::parse(&format!("/a{}", "/{x}".repeat(20))).unwrap(),
+        ];
+        let names = RouteNames::new(patterns.iter().map(|p| (p, "r")));
+        for path in [
+            "/a/x/c",
+            "//a//x/c/",
+            "/me",
+            "/me/x",
+            "/",
+            &long,
+            &format!("{long}/y"),
+        ] {
+            assert_eq!(
+                names.lookup(path).0,
+                patterns.iter().position(|p| p.matches(path)),
+                "{path}"
+            );
+        }
+        assert_eq!(names.lookup(&long).0, Some(2));
+    }
+
+    #[test]
     fn literals_must_match_exactly() {
         let p = PathPattern::parse("/me").unwrap();
         assert!(p.matches("/me"));
@@ -223,5 +346,36 @@ mod tests {
         assert!(PathPattern::parse("me").is_err());
         assert!(PathPattern::parse("/a/{}/b").is_err());
         assert!(PathPattern::parse("/a/x{y}").is_err());
+        assert!(PathPattern::parse("/a/{b{c}").is_err());
+        assert!(PathPattern::scope("me").is_err());
+        assert!(PathPattern::scope("/a/{body.}").is_err());
+        assert!(PathPattern::scope("/a/{}").is_err());
+    }
+
+    #[test]
+    fn body_fields_only_in_scopes_and_match_one_segment() {
+        assert!(PathPattern::parse("/a/{body.id}").is_err());
+        let s =
+            PathPattern::scope("/organizations/{org}/libraries/{body.targetLibraryId}").unwrap();
+        assert_eq!(
+            s.pieces().collect::<Vec<_>>(),
+            vec![
+                Piece::Literal("organizations"),
+                Piece::Param("org"),
+                Piece::Literal("libraries"),
+                Piece::Body("targetLibraryId"),
+            ]
+        );
+        assert!(s.matches("/organizations/o/libraries/lisbon"));
+        assert!(!s.matches("/organizations/o/libraries"));
+        assert!(!s.matches("/organizations/o/libraries/lisbon/assets"));
+        let c = s.captures("/organizations/o/libraries/lisbon").unwrap();
+        assert_eq!(c.get("org"), Some("o"));
+        assert_eq!(c.get("targetLibraryId"), None);
+        let p = PathPattern::parse("/organizations/{x}/libraries/{library}").unwrap();
+        assert!(s.same_shape(&p) && p.same_shape(&s));
+        assert!(!s.same_shape(&PathPattern::parse("/organizations/{x}/tags/{y}").unwrap()));
+        assert!(!s.same_shape(&PathPattern::parse("/organizations/{x}/libraries").unwrap()));
+        assert_eq!(s.depth(), 4);
     }
 }

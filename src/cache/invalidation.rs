@@ -1,6 +1,6 @@
 //! Invalidation by generations: nothing is searched or deleted, keys move on.
 //!
-//! Model (see also DESIGN.md "Invalidation"):
+//! Model:
 //! - **Scopes** are path prefixes named by the invalidation rules' scope templates, e.g.
 //!   `/organizations/{org}/libraries/{library}`, `/organizations/{org}`, `/me`.
 //! - Every read has exactly one **own scope**: the most specific scope pattern that matches a
@@ -28,7 +28,7 @@ use moka::notification::RemovalCause;
 
 use crate::config::InvalidationRule;
 use crate::metrics::{InvalidationReason, METRICS};
-use crate::routes::PathPattern;
+use crate::routes::{Captures, PathPattern, Piece};
 
 /// Names remembered per generation map before the floor takes over.
 const GENERATION_CAPACITY: u64 = 200_000;
@@ -77,63 +77,6 @@ impl GenMap {
     }
 }
 
-/// One piece of a scope template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    /// `{name}`: a capture of the write's path.
-    Path(String),
-    /// `{body.field}`: a top-level field of the write's JSON body.
-    Body(String),
-}
-
-#[derive(Debug, Clone)]
-struct Template {
-    pieces: Vec<Piece>,
-}
-
-impl Template {
-    fn parse(s: &str) -> Result<Self, String> {
-        if !s.starts_with('/') {
-            return Err(format!("scope {s:?} must start with '/'"));
-        }
-        let mut pieces = Vec::new();
-        for seg in s.split('/').filter(|s| !s.is_empty()) {
-            if let Some(inner) = seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-                if inner.is_empty() {
-                    return Err(format!("scope {s:?}: empty {{}}"));
-                }
-                match inner.strip_prefix("body.") {
-                    Some(f) if !f.is_empty() => pieces.push(Piece::Body(f.to_string())),
-                    Some(_) => return Err(format!("scope {s:?}: empty body field")),
-                    None => pieces.push(Piece::Path(inner.to_string())),
-                }
-            } else if seg.contains(['{', '}']) {
-                return Err(format!("scope {s:?}: braces must enclose a whole segment"));
-            } else {
-                pieces.push(Piece::Literal(seg.to_string()));
-            }
-        }
-        Ok(Self { pieces })
-    }
-
-    /// The template as a read-side pattern (`{body.x}` becomes a plain segment parameter).
-    fn pattern(&self) -> Option<PathPattern> {
-        let mut s = String::new();
-        for (i, p) in self.pieces.iter().enumerate() {
-            s.push('/');
-            match p {
-                Piece::Literal(l) => s.push_str(l),
-                Piece::Path(_) | Piece::Body(_) => s.push_str(&format!("{{p{i}}}")),
-            }
-        }
-        if s.is_empty() {
-            s.push('/');
-        }
-        PathPattern::parse(&s).ok()
-    }
-}
-
 /// What rendering a template gave.
 #[derive(Debug, PartialEq, Eq)]
 enum Rendered {
@@ -148,105 +91,32 @@ fn plain_segment(v: &str) -> bool {
     !v.is_empty() && v != "." && v != ".." && !v.contains(['/', '?', '#'])
 }
 
-fn render(
-    t: &Template,
-    caps: &crate::routes::Captures<'_>,
-    body: Option<&serde_json::Value>,
-) -> Rendered {
+fn render(t: &PathPattern, caps: &Captures<'_>, body: Option<&serde_json::Value>) -> Rendered {
     let mut out = String::new();
-    for p in &t.pieces {
+    for p in t.pieces() {
+        let number;
         let v = match p {
-            Piece::Literal(l) => Some(l.clone()),
-            Piece::Path(n) => caps.get(n).map(str::to_string),
-            Piece::Body(f) => body.and_then(|b| b.get(f)).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
+            Piece::Literal(l) => Some(l),
+            Piece::Param(n) => caps.get(n),
+            Piece::Body(f) => match body.and_then(|b| b.get(f)) {
+                Some(serde_json::Value::String(s)) => Some(s.as_str()),
+                Some(serde_json::Value::Number(n)) => {
+                    number = n.to_string();
+                    Some(number.as_str())
+                }
                 _ => None,
-            }),
+            },
         };
         match v {
-            Some(v) if plain_segment(&v) => {
+            Some(v) if plain_segment(v) => {
                 out.push('/');
-                out.push_str(&v);
+                out.push_str(v);
             }
             _ => return Rendered::Tree(if out.is_empty() { "/".into() } else { out }),
         }
     }
     Rendered::Scope(if out.is_empty() { "/".into() } else { out })
 }
-
-struct Rule {
-    method: Option<Method>,
-    pattern: PathPattern,
-    scopes: Vec<Template>,
-}
-
-/// Raster's write routes (raster-api.md), used when the config lists no rules.
-pub const DEFAULT_RULES: &[(&str, &str, &[&str])] = &[
-    (
-        "POST",
-        "/organizations/{org}/libraries",
-        &["/organizations/{org}", "/me"],
-    ),
-    (
-        "PATCH",
-        "/organizations/{org}/libraries/{library}",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-            "/me",
-        ],
-    ),
-    (
-        "POST",
-        "/organizations/{org}/libraries/{library}/assets/transfer",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}/libraries/{body.targetLibraryId}",
-            "/organizations/{org}",
-        ],
-    ),
-    (
-        "POST",
-        "/organizations/{org}/libraries/{library}/assets/tag",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-        ],
-    ),
-    (
-        "POST",
-        "/organizations/{org}/libraries/{library}/assets/untag",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-        ],
-    ),
-    (
-        "PATCH",
-        "/organizations/{org}/libraries/{library}/assets/{asset}/description",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-        ],
-    ),
-    (
-        "POST",
-        "/organizations/{org}/libraries/{library}/assets",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-        ],
-    ),
-    (
-        "DELETE",
-        "/organizations/{org}/libraries/{library}/assets",
-        &[
-            "/organizations/{org}/libraries/{library}",
-            "/organizations/{org}",
-        ],
-    ),
-];
 
 /// Normalises a path to `/a/b` form (no empty segments, no trailing slash, percent-encoded
 /// unreserved characters decoded per RFC 3986 §6.2.2.2), so `/…/libraries/%62arcelona` and
@@ -296,7 +166,7 @@ pub struct Invalidation {
     scopes: GenMap,
     trees: GenMap,
     urls: GenMap,
-    rules: Vec<Rule>,
+    rules: Vec<InvalidationRule>,
     /// Read-side scope patterns, most specific (longest) first.
     scope_patterns: Vec<PathPattern>,
 }
@@ -310,45 +180,19 @@ pub struct Bumped {
 }
 
 impl Invalidation {
+    /// Built from the configured rules only: the embedded default configuration carries
+    /// Raster's write routes, and a file that lists no rules (`invalidation = []`) gets none,
+    /// leaving the target URI and `Location` invalidation.
     pub fn new(configured: &[InvalidationRule]) -> anyhow::Result<Self> {
-        let mut rules = Vec::new();
-        if configured.is_empty() {
-            for (m, p, scopes) in DEFAULT_RULES {
-                rules.push(Rule {
-                    method: Some(Method::from_bytes(m.as_bytes())?),
-                    pattern: PathPattern::parse(p).map_err(anyhow::Error::msg)?,
-                    scopes: scopes
-                        .iter()
-                        .map(|s| Template::parse(s))
-                        .collect::<Result<_, _>>()
-                        .map_err(anyhow::Error::msg)?,
-                });
-            }
-        } else {
-            for (i, r) in configured.iter().enumerate() {
-                let scopes = r
-                    .scopes
-                    .iter()
-                    .map(|s| Template::parse(s))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| anyhow::anyhow!("cache.invalidation[{i}].scopes: {e}"))?;
-                rules.push(Rule {
-                    method: r.method.clone(),
-                    pattern: r.pattern.clone(),
-                    scopes,
-                });
-            }
-        }
+        let rules = configured.to_vec();
+        // Scope templates match reads like route templates: `{body.x}` is one segment.
         let mut scope_patterns: Vec<PathPattern> = Vec::new();
         for t in rules.iter().flat_map(|r| r.scopes.iter()) {
-            if let Some(p) = t.pattern() {
-                if !scope_patterns.iter().any(|q| q.as_str() == p.as_str()) {
-                    scope_patterns.push(p);
-                }
+            if !scope_patterns.iter().any(|q| q.same_shape(t)) {
+                scope_patterns.push(t.clone());
             }
         }
-        let depth = |p: &PathPattern| p.as_str().split('/').filter(|s| !s.is_empty()).count();
-        scope_patterns.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+        scope_patterns.sort_by_key(|p| std::cmp::Reverse(p.depth()));
         Ok(Self {
             counter: AtomicU64::new(0),
             scopes: GenMap::new(GENERATION_CAPACITY),
@@ -446,7 +290,7 @@ impl Invalidation {
                 let needs_body = rule
                     .scopes
                     .iter()
-                    .any(|t| t.pieces.iter().any(|p| matches!(p, Piece::Body(_))));
+                    .any(|t| t.pieces().any(|p| matches!(p, Piece::Body(_))));
                 let json = if needs_body {
                     body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
                 } else {
@@ -534,8 +378,11 @@ pub fn same_origin_target(value: &str, authority: &str, base_path: &str) -> Opti
 mod tests {
     use super::*;
 
+    /// The rules of the embedded default configuration: Raster's write routes.
     fn inv() -> Invalidation {
-        Invalidation::new(&[]).unwrap()
+        let file = crate::config::parse("", "test", &[]).unwrap();
+        let settings = crate::config::validate(file).unwrap();
+        Invalidation::new(&settings.cache.invalidation).unwrap()
     }
 
     fn gens(i: &Invalidation, path: &str) -> Vec<u64> {
@@ -573,6 +420,32 @@ mod tests {
                 .as_deref(),
             Some("/organizations/o/libraries/barcelona")
         );
+    }
+
+    #[test]
+    fn no_rules_leave_only_the_target_uri_and_locations() {
+        // `cache.invalidation = []`: no scopes at all, so nothing but the written URL and
+        // its Location are invalidated (RFC 9111 §4.4).
+        let i = Invalidation::new(&[]).unwrap();
+        assert_eq!(i.own_scope(BCN), None);
+        let (b, list) = (gens(&i, BCN), gens(&i, LIST));
+        let w = i.on_write(
+            &Method::POST,
+            BCN,
+            BCN,
+            None,
+            &["/organizations/o/libraries/barcelona/assets/a9".to_string()],
+        );
+        assert!(w.scopes.is_empty() && w.trees.is_empty(), "{w:?}");
+        assert_eq!(
+            w.urls,
+            vec![BCN, "/organizations/o/libraries/barcelona/assets/a9"]
+        );
+        assert_eq!(gens(&i, LIST), list);
+        let after = gens(&i, BCN);
+        assert_ne!(after, b);
+        // Only the URL generation (the last one) moved.
+        assert_eq!(after[..after.len() - 1], b[..b.len() - 1]);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The external configuration format: exactly what the TOML file (and `RASTER_EDGE_…`
-//! environment overrides) may say, with every default in one place. Nothing here is validated
-//! beyond its TOML type; [`super::settings`] turns it into the internal settings the proxy uses,
-//! so the file format can evolve without touching the request path.
+//! environment overrides) may say. There are no defaults here: every file is layered over the
+//! embedded `config/raster-edge.toml`, which is the one place defaults live and supplies every
+//! key that is not an `Option` (a test holds it to that). Nothing here is validated beyond its
+//! TOML type and the choice fields' spellings; [`super::settings`] turns each section into the
+//! internal settings the proxy uses, so the file format can evolve without touching the
+//! request path.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+use super::settings::{Backend, Count, LogFormat, Mode, OnError, Share};
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct FileConfig {
     pub listen: ListenFile,
     pub server: ServerFile,
@@ -19,8 +23,7 @@ pub struct FileConfig {
     pub log: LogFile,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ListenFile {
     /// Gateway listener.
     pub proxy: String,
@@ -28,17 +31,7 @@ pub struct ListenFile {
     pub admin: String,
 }
 
-impl Default for ListenFile {
-    fn default() -> Self {
-        Self {
-            proxy: "127.0.0.1:8080".into(),
-            admin: "127.0.0.1:9090".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ServerFile {
     /// Worker threads for the proxy service.
     pub threads: usize,
@@ -50,19 +43,7 @@ pub struct ServerFile {
     pub max_request_body: String,
 }
 
-impl Default for ServerFile {
-    fn default() -> Self {
-        Self {
-            threads: 1,
-            grace_period: "10s".into(),
-            runtime_dir: None,
-            max_request_body: "32MiB".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamFile {
     pub url: String,
     pub connect_timeout: String,
@@ -77,23 +58,7 @@ pub struct UpstreamFile {
     pub retries: usize,
 }
 
-impl Default for UpstreamFile {
-    fn default() -> Self {
-        Self {
-            url: "https://api.raster.app".into(),
-            connect_timeout: "2s".into(),
-            read_timeout: "30s".into(),
-            write_timeout: "30s".into(),
-            idle_timeout: "60s".into(),
-            http2: false,
-            ca_file: None,
-            retries: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct EdgeFile {
     /// Reject requests without `Authorization: Bearer …` (401 UNAUTHENTICATED).
     pub require_auth: bool,
@@ -112,39 +77,19 @@ pub struct EdgeFile {
     pub key_id_secret_file: Option<String>,
 }
 
-impl Default for EdgeFile {
-    fn default() -> Self {
-        Self {
-            require_auth: true,
-            require_api_version: true,
-            anonymous: vec![RouteMatchFile {
-                method: Some("POST".into()),
-                path: "/libraries".into(),
-            }],
-            api_version: None,
-            api_key: None,
-            api_key_file: None,
-            key_id_secret: None,
-            key_id_secret_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RouteMatchFile {
     pub method: Option<String>,
     pub path: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CacheFile {
     pub enabled: bool,
     pub max_memory: String,
     pub max_object_size: String,
     /// `per-key` (partitioned by key id, `private` storable) or `shared` (RFC 9111 shared cache).
-    pub share: String,
+    pub share: Share,
     /// TTL for a GET 200 with no origin freshness and no route rule (0 = not stored).
     pub default_ttl: String,
     /// TTL for a 404 with no origin freshness.
@@ -160,32 +105,11 @@ pub struct CacheFile {
     /// Answer fresh hits in `request_filter`, ahead of pingora-cache's state machine.
     pub fast_path: bool,
     pub routes: Vec<CacheRouteFile>,
+    /// An empty list means no rules; only an absent key takes the embedded default's.
     pub invalidation: Vec<InvalidationRuleFile>,
 }
 
-impl Default for CacheFile {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_memory: "256MiB".into(),
-            max_object_size: "8MiB".into(),
-            share: "per-key".into(),
-            default_ttl: "0s".into(),
-            negative_ttl: "5s".into(),
-            stale_while_revalidate: "0s".into(),
-            stale_if_error: "0s".into(),
-            honor_client_no_cache: false,
-            lock_timeout: "10s".into(),
-            uncacheable_ttl: "30s".into(),
-            fast_path: true,
-            routes: Vec::new(),
-            invalidation: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CacheRouteFile {
     /// Name used in metrics and logs.
     pub name: String,
@@ -197,8 +121,7 @@ pub struct CacheRouteFile {
 }
 
 /// Which scopes a successful write under `path` bumps.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct InvalidationRuleFile {
     pub method: Option<String>,
     pub path: String,
@@ -206,41 +129,23 @@ pub struct InvalidationRuleFile {
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitFile {
     pub enabled: bool,
     /// Requests per second per key.
     pub rate: f64,
     pub burst: u32,
-    /// `local` or `redis`.
-    pub backend: String,
+    pub backend: Backend,
     /// `all` requests count, or only `upstream`-bound ones (cache hits are free).
-    pub count: String,
+    pub count: Count,
     /// `enforce` or `shadow` (decide and count, never reject).
-    pub mode: String,
+    pub mode: Mode,
     /// Upper bound on tracked keys in process (idle ones are evicted first).
     pub max_keys: u64,
     pub tiers: Vec<TierFile>,
 }
 
-impl Default for RateLimitFile {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            rate: 50.0,
-            burst: 100,
-            backend: "local".into(),
-            count: "all".into(),
-            mode: "enforce".into(),
-            max_keys: 1_000_000,
-            tiers: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct TierFile {
     pub name: String,
     pub rate: f64,
@@ -249,54 +154,28 @@ pub struct TierFile {
     pub key_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RedisFile {
     pub url: String,
     /// Bound on one Redis round trip; past it the `on_error` policy decides.
     pub timeout: String,
     /// `local` (per-instance limits), `allow` or `deny` while Redis is unreachable.
-    pub on_error: String,
+    pub on_error: OnError,
     pub key_prefix: String,
     /// Publish and apply cache invalidations fleet-wide through Redis pub/sub.
     pub invalidation: bool,
 }
 
-impl Default for RedisFile {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout: "50ms".into(),
-            on_error: "local".into(),
-            key_prefix: "raster-edge".into(),
-            invalidation: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct AdminFile {
     pub token: Option<String>,
     pub token_file: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct LogFile {
-    /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// tracing filter, e.g. `info` or `raster_edge=debug`.
     pub level: String,
     pub access_log: bool,
-}
-
-impl Default for LogFile {
-    fn default() -> Self {
-        Self {
-            format: "text".into(),
-            level: "info".into(),
-            access_log: true,
-        }
-    }
 }

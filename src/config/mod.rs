@@ -1,21 +1,18 @@
-//! Configuration: one TOML file (the embedded default `config/raster-edge.toml` when none is
-//! given), then `RASTER_EDGE_<SECTION>_<KEY>` environment variables, then CLI flags. The file
-//! format lives in [`file`], the validated settings the proxy runs on in [`settings`]; this
-//! module layers the sources and validates, reporting every problem by the key's name.
+//! Configuration: the embedded default `config/raster-edge.toml`, with the given TOML file
+//! layered over it, then `RASTER_EDGE_<SECTION>_<KEY>` environment variables, then CLI flags.
+//! The embedded file is the one source of defaults: the code has none of its own (an absent key
+//! takes the embedded value, an empty list stays empty). The file format lives in [`file`], the
+//! validated settings the proxy runs on and their per-section conversions in [`settings`]; this
+//! module layers the sources, reporting every problem by the key's name.
 
 pub mod file;
 pub mod settings;
 pub mod units;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use http::Method;
 
 pub use file::FileConfig;
 pub use settings::*;
-
-use crate::routes::PathPattern;
 
 /// The embedded default configuration (`config/raster-edge.toml`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/raster-edge.toml");
@@ -94,19 +91,29 @@ pub fn parse(
         origin: origin.to_string(),
         message: e.to_string(),
     };
-    let mut value: toml::Table = EMBEDDED_DEFAULT
+    let defaults: toml::Table = EMBEDDED_DEFAULT
         .parse()
         .map_err(|e| syntax("embedded default", e))?;
     let file: toml::Table = text.parse().map_err(|e| syntax(origin, e))?;
+    let mut value = defaults.clone();
     merge(&mut value, file);
-    apply_env(&mut value, env)?;
+    apply_env(&mut value, &defaults, env)?;
     let mut unknown = Vec::new();
-    let file: FileConfig = serde_ignored::deserialize(toml::Value::Table(value), |path| {
-        unknown.push(path.to_string())
-    })
-    .map_err(|e| ConfigError::Syntax {
-        origin: origin.to_string(),
-        message: e.to_string(),
+    let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(toml::Value::Table(value), &mut note_unknown);
+    // The path of a bad value names its key (`cache.share`, `cache.routes[2].path`).
+    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        // `message()`: without toml's own (less precise) "in `key`" suffix.
+        let message = e.inner().message().to_string();
+        if key == "." {
+            ConfigError::Syntax {
+                origin: origin.to_string(),
+                message,
+            }
+        } else {
+            ConfigError::Invalid { key, message }
+        }
     })?;
     if !unknown.is_empty() {
         return Err(ConfigError::UnknownKeys(unknown));
@@ -126,7 +133,7 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Scalar keys that have no default value, so the schema walk below cannot see them.
+/// Scalar keys that have no default value, so the embedded default does not list them.
 const OPTIONAL_KEYS: &[&str] = &[
     "server.runtime_dir",
     "upstream.ca_file",
@@ -146,15 +153,18 @@ fn env_name(section: &str, key: &str) -> String {
     format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase()
 }
 
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+/// Applies `RASTER_EDGE_<SECTION>_<KEY>` overrides; a key's TOML type is the one its value
+/// has in the embedded default (`defaults`), which lists every key that has a default.
+fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
     if env.is_empty() {
         return Ok(());
     }
-    // Every scalar key of the schema, with the TOML type its default has.
-    let defaults = toml::Table::try_from(FileConfig::default())
-        .map_err(|e| invalid("(defaults)", e.to_string()))?;
     let mut known: Vec<(String, String, Option<toml::Value>)> = Vec::new();
-    for (section, v) in &defaults {
+    for (section, v) in defaults {
         if let toml::Value::Table(t) = v {
             for (key, dv) in t {
                 if !matches!(dv, toml::Value::Array(_) | toml::Value::Table(_)) {
@@ -207,24 +217,6 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
     Ok(())
 }
 
-fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| {
-        invalid(
-            key,
-            format!("{v:?} is not an address like \"127.0.0.1:8080\""),
-        )
-    })
-}
-
-fn method(key: &str, v: &str) -> Result<Method, ConfigError> {
-    Method::from_bytes(v.to_ascii_uppercase().as_bytes())
-        .map_err(|_| invalid(key, format!("{v:?} is not an HTTP method")))
-}
-
-fn pattern(key: &str, v: &str) -> Result<PathPattern, ConfigError> {
-    PathPattern::parse(v).map_err(|m| invalid(key, m))
-}
-
 /// How secrets kept in files are treated while validating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretFiles {
@@ -235,304 +227,23 @@ pub enum SecretFiles {
     Note,
 }
 
-fn secret(
-    key: &str,
-    inline: Option<String>,
-    file: Option<String>,
-    mode: SecretFiles,
-    notes: &mut Vec<String>,
-) -> Result<Option<String>, ConfigError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(invalid(
-            key,
-            format!("set `{key}` or `{key}_file`, not both"),
-        )),
-        (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(s.trim().to_string())),
-            Err(e) if mode == SecretFiles::Note => {
-                notes.push(format!("`{key}_file`: cannot read {path:?} here ({e})"));
-                Ok(Some(format!("<unread {path}>")))
-            }
-            Err(e) => Err(invalid(
-                &format!("{key}_file"),
-                format!("cannot read {path:?}: {e}"),
-            )),
-        },
-        (None, None) => Ok(None),
-    }
-    .and_then(|v| match v {
-        Some(s) if s.is_empty() => Err(invalid(key, "must not be empty")),
-        other => Ok(other),
-    })
-}
-
-fn one_of<T: Copy>(key: &str, v: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
-    options
-        .iter()
-        .find(|(name, _)| *name == v)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-            invalid(key, format!("{v:?} is not one of {}", names.join(", ")))
-        })
-}
-
-fn upstream(f: file::UpstreamFile) -> Result<UpstreamSettings, ConfigError> {
-    use units::duration;
-    let url = url::Url::parse(&f.url)
-        .map_err(|e| invalid("upstream.url", format!("{:?}: {e}", f.url)))?;
-    let tls = match url.scheme() {
-        "https" => true,
-        "http" => false,
-        other => {
-            return Err(invalid(
-                "upstream.url",
-                format!("scheme {other:?} is not http or https"),
-            ))
-        }
-    };
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| invalid("upstream.url", "has no host"))?
-        .to_string();
-    if url.path() != "/" || url.query().is_some() {
-        return Err(invalid(
-            "upstream.url",
-            "must be an origin (scheme://host[:port]) with no path",
-        ));
-    }
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    let authority = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    Ok(UpstreamSettings {
-        url: f.url.clone(),
-        tls,
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port,
-        authority,
-        connect_timeout: duration("upstream.connect_timeout", &f.connect_timeout)?,
-        read_timeout: duration("upstream.read_timeout", &f.read_timeout)?,
-        write_timeout: duration("upstream.write_timeout", &f.write_timeout)?,
-        idle_timeout: duration("upstream.idle_timeout", &f.idle_timeout)?,
-        http2: f.http2,
-        ca_file: f.ca_file.map(PathBuf::from),
-        retries: f.retries,
-    })
-}
-
-fn cache(f: file::CacheFile) -> Result<CacheSettings, ConfigError> {
-    use units::{duration, size};
-    let mut routes = Vec::with_capacity(f.routes.len());
-    for (i, r) in f.routes.into_iter().enumerate() {
-        let k = |field: &str| format!("cache.routes[{i}].{field}");
-        if r.name.is_empty() {
-            return Err(invalid(&k("name"), "is required"));
-        }
-        let opt = |field: &str, v: &Option<String>| -> Result<_, ConfigError> {
-            v.as_deref().map(|s| duration(&k(field), s)).transpose()
-        };
-        routes.push(CacheRoute {
-            pattern: pattern(&k("path"), &r.path)?,
-            ttl: opt("ttl", &r.ttl)?,
-            stale_while_revalidate: opt("stale_while_revalidate", &r.stale_while_revalidate)?,
-            stale_if_error: opt("stale_if_error", &r.stale_if_error)?,
-            name: r.name,
-        });
-    }
-    let mut invalidation = Vec::with_capacity(f.invalidation.len());
-    for (i, r) in f.invalidation.into_iter().enumerate() {
-        let k = |field: &str| format!("cache.invalidation[{i}].{field}");
-        invalidation.push(InvalidationRule {
-            method: r
-                .method
-                .as_deref()
-                .map(|m| method(&k("method"), m))
-                .transpose()?,
-            pattern: pattern(&k("path"), &r.path)?,
-            scopes: r.scopes,
-        });
-    }
-    let max_object_size = size("cache.max_object_size", &f.max_object_size)?;
-    Ok(CacheSettings {
-        enabled: f.enabled,
-        max_memory: size("cache.max_memory", &f.max_memory)?,
-        max_object_size: usize::try_from(max_object_size)
-            .map_err(|_| invalid("cache.max_object_size", "too large"))?,
-        share: one_of(
-            "cache.share",
-            &f.share,
-            &[("per-key", Share::PerKey), ("shared", Share::Shared)],
-        )?,
-        default_ttl: duration("cache.default_ttl", &f.default_ttl)?,
-        negative_ttl: duration("cache.negative_ttl", &f.negative_ttl)?,
-        stale_while_revalidate: duration(
-            "cache.stale_while_revalidate",
-            &f.stale_while_revalidate,
-        )?,
-        stale_if_error: duration("cache.stale_if_error", &f.stale_if_error)?,
-        honor_client_no_cache: f.honor_client_no_cache,
-        lock_timeout: duration("cache.lock_timeout", &f.lock_timeout)?,
-        uncacheable_ttl: duration("cache.uncacheable_ttl", &f.uncacheable_ttl)?,
-        fast_path: f.fast_path,
-        routes,
-        invalidation,
-    })
-}
-
-fn rate_limit(f: file::RateLimitFile) -> Result<RateLimitSettings, ConfigError> {
-    let positive = |key: &str, rate: f64, burst: u32| -> Result<(), ConfigError> {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(invalid(
-                key,
-                format!("rate must be a positive number, got {rate}"),
-            ));
-        }
-        if burst == 0 {
-            return Err(invalid(key, "burst must be at least 1"));
-        }
-        Ok(())
-    };
-    positive("rate_limit.rate", f.rate, f.burst)?;
-    let mut tiers = Vec::with_capacity(f.tiers.len());
-    for (i, t) in f.tiers.into_iter().enumerate() {
-        let k = format!("rate_limit.tiers[{i}]");
-        if t.name.is_empty() {
-            return Err(invalid(&format!("{k}.name"), "is required"));
-        }
-        positive(&k, t.rate, t.burst)?;
-        for id in &t.key_ids {
-            if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(
-                    &format!("{k}.key_ids"),
-                    format!("{id:?} is not a key id (hex, from `raster-edge key-id KEY`); raw API keys do not belong in config"),
-                ));
-            }
-        }
-        tiers.push(Tier {
-            name: t.name,
-            rate: t.rate,
-            burst: t.burst,
-            key_ids: t
-                .key_ids
-                .into_iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
-        });
-    }
-    Ok(RateLimitSettings {
-        enabled: f.enabled,
-        rate: f.rate,
-        burst: f.burst,
-        backend: one_of(
-            "rate_limit.backend",
-            &f.backend,
-            &[("local", Backend::Local), ("redis", Backend::Redis)],
-        )?,
-        count: one_of(
-            "rate_limit.count",
-            &f.count,
-            &[("all", Count::All), ("upstream", Count::Upstream)],
-        )?,
-        mode: one_of(
-            "rate_limit.mode",
-            &f.mode,
-            &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
-        )?,
-        max_keys: f.max_keys.max(1),
-        tiers,
-    })
-}
-
 /// Checks every value of the file format and builds the internal settings.
 pub fn validate(f: FileConfig) -> Result<Settings, ConfigError> {
     validate_with(f, SecretFiles::Read).map(|(s, _)| s)
 }
 
 /// [`validate`], with a choice about secret files; returns notes about what was not checked.
+/// Each section converts on its own ([`settings`]); only checks across sections live here.
 pub fn validate_with(
     f: FileConfig,
     mode: SecretFiles,
 ) -> Result<(Settings, Vec<String>), ConfigError> {
-    use units::{duration, size};
     let mut notes = Vec::new();
-    let listen = ListenSettings {
-        proxy: addr("listen.proxy", &f.listen.proxy)?,
-        admin: addr("listen.admin", &f.listen.admin)?,
-    };
-    if listen.proxy == listen.admin {
-        return Err(invalid("listen.admin", "must differ from listen.proxy"));
-    }
-    if f.server.threads == 0 {
-        return Err(invalid("server.threads", "must be at least 1"));
-    }
-    let runtime_dir = f
-        .server
-        .runtime_dir
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("RASTER_EDGE_RUNTIME_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("raster-edge-{}", listen.proxy.port()))
-        });
-    let server = ServerSettings {
-        threads: f.server.threads,
-        grace_period: duration("server.grace_period", &f.server.grace_period)?,
-        runtime_dir,
-        max_request_body: size("server.max_request_body", &f.server.max_request_body)?,
-    };
-    let edge_secret = secret(
-        "edge.key_id_secret",
-        f.edge.key_id_secret,
-        f.edge.key_id_secret_file,
-        mode,
-        &mut notes,
-    )?;
-    let (key_id_secret, key_id_secret_generated) = match edge_secret {
-        Some(s) => (s.into_bytes(), false),
-        None => {
-            use rand::RngCore;
-            let mut buf = vec![0u8; 32];
-            rand::thread_rng().fill_bytes(&mut buf);
-            (buf, true)
-        }
-    };
-    let mut anonymous = Vec::with_capacity(f.edge.anonymous.len());
-    for (i, r) in f.edge.anonymous.iter().enumerate() {
-        let k = |field: &str| format!("edge.anonymous[{i}].{field}");
-        anonymous.push(RouteMatch {
-            method: r
-                .method
-                .as_deref()
-                .map(|m| method(&k("method"), m))
-                .transpose()?,
-            pattern: pattern(&k("path"), &r.path)?,
-        });
-    }
-    let edge = EdgeSettings {
-        require_auth: f.edge.require_auth,
-        require_api_version: f.edge.require_api_version,
-        anonymous,
-        api_version: f.edge.api_version.filter(|v| !v.trim().is_empty()),
-        api_key: secret(
-            "edge.api_key",
-            f.edge.api_key,
-            f.edge.api_key_file,
-            mode,
-            &mut notes,
-        )?,
-        key_id_secret,
-        key_id_secret_generated,
-    };
-    let rate_limit = rate_limit(f.rate_limit)?;
-    if rate_limit.enabled && rate_limit.backend == Backend::Redis && key_id_secret_generated {
+    let listen = ListenSettings::try_from(f.listen)?;
+    let server = ServerSettings::from_file(f.server, &listen)?;
+    let edge = EdgeSettings::from_file(f.edge, mode, &mut notes)?;
+    let rate_limit = RateLimitSettings::try_from(f.rate_limit)?;
+    if rate_limit.enabled && rate_limit.backend == Backend::Redis && edge.key_id_secret_generated {
         // A random per-process secret gives every instance different key ids, so a shared
         // quota would silently become one quota per instance.
         return Err(invalid(
@@ -540,58 +251,16 @@ pub fn validate_with(
             "rate_limit.backend = \"redis\" needs the same key_id_secret (or _file) on every instance",
         ));
     }
-    let redis = RedisSettings {
-        url: {
-            let u = &f.redis.url;
-            if !(u.starts_with("redis://")
-                || u.starts_with("rediss://")
-                || u.starts_with("unix://"))
-            {
-                return Err(invalid("redis.url", format!("{u:?} is not a redis:// URL")));
-            }
-            u.clone()
-        },
-        timeout: duration("redis.timeout", &f.redis.timeout)?,
-        on_error: one_of(
-            "redis.on_error",
-            &f.redis.on_error,
-            &[
-                ("local", OnError::Local),
-                ("allow", OnError::Allow),
-                ("deny", OnError::Deny),
-            ],
-        )?,
-        key_prefix: f.redis.key_prefix,
-        invalidation: f.redis.invalidation,
-    };
-    let admin = AdminSettings {
-        token: secret(
-            "admin.token",
-            f.admin.token,
-            f.admin.token_file,
-            mode,
-            &mut notes,
-        )?,
-    };
-    let log = LogSettings {
-        format: one_of(
-            "log.format",
-            &f.log.format,
-            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-        )?,
-        level: f.log.level,
-        access_log: f.log.access_log,
-    };
     let settings = Settings {
         listen,
         server,
-        upstream: upstream(f.upstream)?,
+        upstream: f.upstream.try_into()?,
         edge,
-        cache: cache(f.cache)?,
+        cache: f.cache.try_into()?,
         rate_limit,
-        redis,
-        admin,
-        log,
+        redis: f.redis.try_into()?,
+        admin: AdminSettings::from_file(f.admin, mode, &mut notes)?,
+        log: f.log.into(),
     };
     Ok((settings, notes))
 }
@@ -609,6 +278,7 @@ pub fn check_file(path: &Path) -> Result<Vec<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     fn load_str(text: &str) -> Result<Settings, ConfigError> {
         validate(parse(text, "test", &[])?)
@@ -727,5 +397,119 @@ mod tests {
             !dump.contains("sk-live-123") && !dump.contains("hush") && !dump.contains("\"tok\""),
             "{dump}"
         );
+    }
+
+    #[test]
+    fn embedded_default_supplies_every_key_without_code_defaults() {
+        // Deserialised alone, not layered: the embedded file must carry every key itself.
+        let table: toml::Table = EMBEDDED_DEFAULT.parse().unwrap();
+        let f: FileConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+            .unwrap_or_else(|e| panic!("embedded default: {}: {e}", e.path()));
+        assert!(!f.cache.invalidation.is_empty());
+        // And nothing in the code fills a key in: without any one of them it does not load.
+        let mut checked = 0;
+        for (section, v) in &table {
+            let toml::Value::Table(keys) = v else {
+                panic!("{section} is not a table")
+            };
+            for key in keys.keys() {
+                let mut t = table.clone();
+                if let Some(toml::Value::Table(s)) = t.get_mut(section) {
+                    s.remove(key);
+                }
+                let e = serde_path_to_error::deserialize::<_, FileConfig>(toml::Value::Table(t))
+                    .err()
+                    .unwrap_or_else(|| panic!("{section}.{key} has a default in the code"));
+                assert_eq!(e.path().to_string(), *section, "{section}.{key}: {e}");
+                assert!(e.to_string().contains(key.as_str()), "{section}.{key}: {e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "{checked}");
+        for dotted in OPTIONAL_KEYS {
+            let (section, key) = dotted.split_once('.').unwrap();
+            assert!(table[section].get(key).is_none(), "{dotted} has a default");
+        }
+    }
+
+    #[test]
+    fn empty_invalidation_list_means_no_rules() {
+        assert!(!load_str("").unwrap().cache.invalidation.is_empty());
+        let s = load_str("[cache]\ninvalidation = []\n").unwrap();
+        assert!(s.cache.invalidation.is_empty());
+        let inv = crate::cache::invalidation::Invalidation::new(&s.cache.invalidation).unwrap();
+        let path = "/organizations/o/libraries/barcelona/assets";
+        let w = inv.on_write(&Method::POST, path, path, None, &[]);
+        assert!(w.scopes.is_empty() && w.trees.is_empty(), "{w:?}");
+        assert_eq!(w.urls, vec![path]);
+    }
+
+    #[test]
+    fn invalidation_rules_are_checked_with_the_config() {
+        let e = load_str(
+            "[[cache.invalidation]]\npath = \"/a/{x}\"\nscopes = [\"/a\", \"/a/{body.}\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cache.invalidation[0].scopes[1]"), "{e}");
+        let s = load_str("[[cache.invalidation]]\nmethod = \"post\"\npath = \"/a/{x}\"\nscopes = [\"/a/{body.to}\"]\n").unwrap();
+        assert_eq!(s.cache.invalidation[0].method, Some(Method::POST));
+        assert_eq!(s.cache.invalidation[0].scopes[0].as_str(), "/a/{body.to}");
+        let e = load_str("[[cache.invalidation]]\npath = \"/a/{body.x}\"\nscopes = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.invalidation[0].path"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_values_are_named_by_key() {
+        let e = load_str("[[cache.routes]]\nname = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.routes[0]") && e.contains("path"), "{e}");
+        let e = load_str("[[cache.routes]]\nname = \"a\"\npath = \"/a\"\n[[cache.routes]]\nname = \"b\"\npath = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.routes[1].path"), "{e}");
+        let e = load_str("[server]\nthreads = \"four\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.threads"), "{e}");
+    }
+
+    #[test]
+    fn every_choice_field_is_an_enum_named_by_key() {
+        for (toml, key, choice) in [
+            (
+                "[rate_limit]\nbackend = \"memcached\"\n",
+                "rate_limit.backend",
+                "redis",
+            ),
+            (
+                "[rate_limit]\ncount = \"some\"\n",
+                "rate_limit.count",
+                "upstream",
+            ),
+            (
+                "[rate_limit]\nmode = \"strict\"\n",
+                "rate_limit.mode",
+                "shadow",
+            ),
+            ("[redis]\non_error = \"retry\"\n", "redis.on_error", "deny"),
+            ("[log]\nformat = \"xml\"\n", "log.format", "json"),
+        ] {
+            let e = load_str(toml).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(choice), "{e}");
+        }
+        let s = load_str("[cache]\nshare = \"shared\"\n[rate_limit]\ncount = \"upstream\"\nmode = \"shadow\"\n[redis]\non_error = \"deny\"\n[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(s.cache.share, Share::Shared);
+        assert_eq!(s.rate_limit.count, Count::Upstream);
+        assert_eq!(s.rate_limit.mode, Mode::Shadow);
+        assert_eq!(s.redis.on_error, OnError::Deny);
+        assert_eq!(s.log.format, LogFormat::Json);
+        // Environment overrides go through the same enums.
+        let env = vec![("RASTER_EDGE_LOG_FORMAT".to_string(), "xml".to_string())];
+        let e = parse("", "t", &env).unwrap_err().to_string();
+        assert!(e.contains("log.format") && e.contains("text"), "{e}");
     }
 }

@@ -1,13 +1,18 @@
-//! The validated, internal settings the proxy runs on. Everything here has been checked:
-//! addresses parse, durations and sizes are numbers, enums are enums, patterns compile, secrets
-//! are loaded. The request path reads these and never the raw file format.
+//! The validated, internal settings the proxy runs on, and one conversion per section from the
+//! file format ([`super::file`]). Everything here has been checked: addresses parse, durations
+//! and sizes are numbers, patterns compile, secrets are loaded. Each conversion names the key at
+//! fault (`cache.routes[2].path`). The request path reads these and never the raw file format.
+//! The choice enums are shared with the file format: serde spells them as the file does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Method;
+use serde::Deserialize;
 
+use super::units::{duration, size};
+use super::{file, invalid, ConfigError, SecretFiles};
 use crate::routes::PathPattern;
 
 #[derive(Debug, Clone)]
@@ -94,7 +99,8 @@ impl RouteMatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Share {
     /// Partitioned by key id: a private cache per key.
     PerKey,
@@ -133,22 +139,27 @@ pub struct CacheRoute {
 pub struct InvalidationRule {
     pub method: Option<Method>,
     pub pattern: PathPattern,
-    pub scopes: Vec<String>,
+    /// Scope templates ([`PathPattern::scope`]): `{name}` from the path, `{body.field}` from
+    /// the JSON body.
+    pub scopes: Vec<PathPattern>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     Local,
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Count {
     All,
     Upstream,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Enforce,
     Shadow,
@@ -174,7 +185,8 @@ pub struct Tier {
     pub key_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnError {
     Local,
     Allow,
@@ -203,7 +215,8 @@ impl std::fmt::Debug for AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     Text,
     Json,
@@ -214,4 +227,359 @@ pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+}
+
+fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{v:?} is not an address like \"127.0.0.1:8080\""),
+        )
+    })
+}
+
+fn method(key: &str, v: Option<&str>) -> Result<Option<Method>, ConfigError> {
+    v.map(|v| {
+        Method::from_bytes(v.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(key, format!("{v:?} is not an HTTP method")))
+    })
+    .transpose()
+}
+
+fn pattern(key: &str, v: &str) -> Result<PathPattern, ConfigError> {
+    PathPattern::parse(v).map_err(|m| invalid(key, m))
+}
+
+/// A secret given inline (`key`) or in a file (`key_file`), never both.
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<String>,
+    mode: SecretFiles,
+    notes: &mut Vec<String>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            key,
+            format!("set `{key}` or `{key}_file`, not both"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if mode == SecretFiles::Note => {
+                notes.push(format!("`{key}_file`: cannot read {path:?} here ({e})"));
+                Ok(Some(format!("<unread {path}>")))
+            }
+            Err(e) => Err(invalid(
+                &format!("{key}_file"),
+                format!("cannot read {path:?}: {e}"),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+    .and_then(|v| match v {
+        Some(s) if s.is_empty() => Err(invalid(key, "must not be empty")),
+        other => Ok(other),
+    })
+}
+
+impl TryFrom<file::ListenFile> for ListenSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::ListenFile) -> Result<Self, ConfigError> {
+        let listen = Self {
+            proxy: addr("listen.proxy", &f.proxy)?,
+            admin: addr("listen.admin", &f.admin)?,
+        };
+        if listen.proxy == listen.admin {
+            return Err(invalid("listen.admin", "must differ from listen.proxy"));
+        }
+        Ok(listen)
+    }
+}
+
+impl ServerSettings {
+    /// The runtime directory defaults per proxy port, so it needs the validated listeners.
+    pub fn from_file(f: file::ServerFile, listen: &ListenSettings) -> Result<Self, ConfigError> {
+        if f.threads == 0 {
+            return Err(invalid("server.threads", "must be at least 1"));
+        }
+        let runtime_dir = f
+            .runtime_dir
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("RASTER_EDGE_RUNTIME_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("raster-edge-{}", listen.proxy.port()))
+            });
+        Ok(Self {
+            threads: f.threads,
+            grace_period: duration("server.grace_period", &f.grace_period)?,
+            runtime_dir,
+            max_request_body: size("server.max_request_body", &f.max_request_body)?,
+        })
+    }
+}
+
+impl TryFrom<file::UpstreamFile> for UpstreamSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::UpstreamFile) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(&f.url)
+            .map_err(|e| invalid("upstream.url", format!("{:?}: {e}", f.url)))?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => {
+                return Err(invalid(
+                    "upstream.url",
+                    format!("scheme {other:?} is not http or https"),
+                ))
+            }
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("upstream.url", "has no host"))?
+            .to_string();
+        if url.path() != "/" || url.query().is_some() {
+            return Err(invalid(
+                "upstream.url",
+                "must be an origin (scheme://host[:port]) with no path",
+            ));
+        }
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        Ok(Self {
+            url: f.url.clone(),
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            authority,
+            connect_timeout: duration("upstream.connect_timeout", &f.connect_timeout)?,
+            read_timeout: duration("upstream.read_timeout", &f.read_timeout)?,
+            write_timeout: duration("upstream.write_timeout", &f.write_timeout)?,
+            idle_timeout: duration("upstream.idle_timeout", &f.idle_timeout)?,
+            http2: f.http2,
+            ca_file: f.ca_file.map(PathBuf::from),
+            retries: f.retries,
+        })
+    }
+}
+
+impl EdgeSettings {
+    /// Reads (or, with [`SecretFiles::Note`], notes) the secret files.
+    pub fn from_file(
+        f: file::EdgeFile,
+        mode: SecretFiles,
+        notes: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        let configured = secret(
+            "edge.key_id_secret",
+            f.key_id_secret,
+            f.key_id_secret_file,
+            mode,
+            notes,
+        )?;
+        let (key_id_secret, key_id_secret_generated) = match configured {
+            Some(s) => (s.into_bytes(), false),
+            None => {
+                use rand::RngCore;
+                let mut buf = vec![0u8; 32];
+                rand::thread_rng().fill_bytes(&mut buf);
+                (buf, true)
+            }
+        };
+        let anonymous = f
+            .anonymous
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let k = |field: &str| format!("edge.anonymous[{i}].{field}");
+                Ok(RouteMatch {
+                    method: method(&k("method"), r.method.as_deref())?,
+                    pattern: pattern(&k("path"), &r.path)?,
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Self {
+            require_auth: f.require_auth,
+            require_api_version: f.require_api_version,
+            anonymous,
+            api_version: f.api_version.filter(|v| !v.trim().is_empty()),
+            api_key: secret("edge.api_key", f.api_key, f.api_key_file, mode, notes)?,
+            key_id_secret,
+            key_id_secret_generated,
+        })
+    }
+}
+
+impl TryFrom<file::CacheFile> for CacheSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::CacheFile) -> Result<Self, ConfigError> {
+        let mut routes = Vec::with_capacity(f.routes.len());
+        for (i, r) in f.routes.into_iter().enumerate() {
+            let k = |field: &str| format!("cache.routes[{i}].{field}");
+            if r.name.is_empty() {
+                return Err(invalid(&k("name"), "is required"));
+            }
+            let opt = |field: &str, v: &Option<String>| -> Result<_, ConfigError> {
+                v.as_deref().map(|s| duration(&k(field), s)).transpose()
+            };
+            routes.push(CacheRoute {
+                pattern: pattern(&k("path"), &r.path)?,
+                ttl: opt("ttl", &r.ttl)?,
+                stale_while_revalidate: opt("stale_while_revalidate", &r.stale_while_revalidate)?,
+                stale_if_error: opt("stale_if_error", &r.stale_if_error)?,
+                name: r.name,
+            });
+        }
+        let mut invalidation = Vec::with_capacity(f.invalidation.len());
+        for (i, r) in f.invalidation.into_iter().enumerate() {
+            let k = |field: &str| format!("cache.invalidation[{i}].{field}");
+            let scopes = r
+                .scopes
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    PathPattern::scope(s).map_err(|m| invalid(&k(&format!("scopes[{j}]")), m))
+                })
+                .collect::<Result<_, _>>()?;
+            invalidation.push(InvalidationRule {
+                method: method(&k("method"), r.method.as_deref())?,
+                pattern: pattern(&k("path"), &r.path)?,
+                scopes,
+            });
+        }
+        let max_object_size = size("cache.max_object_size", &f.max_object_size)?;
+        Ok(Self {
+            enabled: f.enabled,
+            max_memory: size("cache.max_memory", &f.max_memory)?,
+            max_object_size: usize::try_from(max_object_size)
+                .map_err(|_| invalid("cache.max_object_size", "too large"))?,
+            share: f.share,
+            default_ttl: duration("cache.default_ttl", &f.default_ttl)?,
+            negative_ttl: duration("cache.negative_ttl", &f.negative_ttl)?,
+            stale_while_revalidate: duration(
+                "cache.stale_while_revalidate",
+                &f.stale_while_revalidate,
+            )?,
+            stale_if_error: duration("cache.stale_if_error", &f.stale_if_error)?,
+            honor_client_no_cache: f.honor_client_no_cache,
+            lock_timeout: duration("cache.lock_timeout", &f.lock_timeout)?,
+            uncacheable_ttl: duration("cache.uncacheable_ttl", &f.uncacheable_ttl)?,
+            fast_path: f.fast_path,
+            routes,
+            invalidation,
+        })
+    }
+}
+
+impl TryFrom<file::RateLimitFile> for RateLimitSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::RateLimitFile) -> Result<Self, ConfigError> {
+        let positive = |key: &str, rate: f64, burst: u32| -> Result<(), ConfigError> {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(invalid(
+                    key,
+                    format!("rate must be a positive number, got {rate}"),
+                ));
+            }
+            if burst == 0 {
+                return Err(invalid(key, "burst must be at least 1"));
+            }
+            Ok(())
+        };
+        positive("rate_limit.rate", f.rate, f.burst)?;
+        let mut tiers = Vec::with_capacity(f.tiers.len());
+        for (i, t) in f.tiers.into_iter().enumerate() {
+            let k = format!("rate_limit.tiers[{i}]");
+            if t.name.is_empty() {
+                return Err(invalid(&format!("{k}.name"), "is required"));
+            }
+            positive(&k, t.rate, t.burst)?;
+            for id in &t.key_ids {
+                if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        &format!("{k}.key_ids"),
+                        format!("{id:?} is not a key id (hex, from `raster-edge key-id KEY`); raw API keys do not belong in config"),
+                    ));
+                }
+            }
+            tiers.push(Tier {
+                name: t.name,
+                rate: t.rate,
+                burst: t.burst,
+                key_ids: t
+                    .key_ids
+                    .into_iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+            });
+        }
+        Ok(Self {
+            enabled: f.enabled,
+            rate: f.rate,
+            burst: f.burst,
+            backend: f.backend,
+            count: f.count,
+            mode: f.mode,
+            max_keys: f.max_keys.max(1),
+            tiers,
+        })
+    }
+}
+
+impl TryFrom<file::RedisFile> for RedisSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::RedisFile) -> Result<Self, ConfigError> {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| f.url.starts_with(s))
+        {
+            return Err(invalid(
+                "redis.url",
+                format!("{:?} is not a redis:// URL", f.url),
+            ));
+        }
+        Ok(Self {
+            timeout: duration("redis.timeout", &f.timeout)?,
+            url: f.url,
+            on_error: f.on_error,
+            key_prefix: f.key_prefix,
+            invalidation: f.invalidation,
+        })
+    }
+}
+
+impl AdminSettings {
+    pub fn from_file(
+        f: file::AdminFile,
+        mode: SecretFiles,
+        notes: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            token: secret("admin.token", f.token, f.token_file, mode, notes)?,
+        })
+    }
+}
+
+impl From<file::LogFile> for LogSettings {
+    fn from(f: file::LogFile) -> Self {
+        Self {
+            format: f.format,
+            level: f.level,
+            access_log: f.access_log,
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! or not, and the IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` header values.
 //!
 //! - [`gcra`]: the algorithm, pure, with a controllable clock.
-//! - [`local`]: in-process state on moka (bounded by `max_keys`, idle keys expire).
+//! - [`local`]: in-process state in up to 64 `Mutex<HashMap>` shards (bounded by `max_keys`; a
+//!   subject whose state equals a fresh one's is swept).
 //! - [`redis`]: the same algorithm as one Lua script in Redis, for fleet-wide limits.
 //! - [`tiers`]: key id → tier (rate, burst); IP subjects and unlisted keys get `"default"`.
 //! - [`headers`]: the header values.
@@ -169,11 +170,6 @@ impl RateLimiter {
 
     pub fn settings(&self) -> &RateLimitSettings {
         &self.settings
-    }
-
-    /// The tier a subject falls in.
-    pub fn tier(&self, subject: &Subject) -> &Arc<TierPolicy> {
-        self.tiers.select(subject)
     }
 
     /// True from a Redis failure until the next Redis success (this limiter's own view of

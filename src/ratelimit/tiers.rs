@@ -11,7 +11,6 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 
 use super::gcra::Quota;
-use super::headers;
 use super::Subject;
 use crate::config::{RateLimitSettings, Tier};
 use crate::edge::KeyId;
@@ -28,8 +27,6 @@ pub struct TierPolicy {
     pub quota: Quota,
     /// The same quota in microseconds (Redis script).
     pub quota_us: Quota,
-    /// `RateLimit-Policy` value, e.g. `"default";q=100;w=2`.
-    pub policy_header: String,
     pub(crate) allowed: IntCounter,
     pub(crate) limited: IntCounter,
     pub(crate) shadow_limited: IntCounter,
@@ -45,7 +42,6 @@ impl TierPolicy {
                 .with_label_values(&[result, &name])
         };
         TierPolicy {
-            policy_header: headers::policy(&name, quota.burst, quota.window()),
             allowed: counter("allowed"),
             limited: counter("limited"),
             shadow_limited: counter("shadow_limited"),
@@ -181,7 +177,6 @@ mod tests {
         let ip = Subject::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(&*tiers.select(&ip).name, DEFAULT_TIER);
         assert_eq!(&*tiers.select(&Subject::Key(key(A))).name, "gold");
-        assert_eq!(tiers.default_tier().policy_header, "\"default\";q=100;w=2");
     }
 
     #[test]
