@@ -220,12 +220,33 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // RFC 9112 §9.3.2: pipelined requests are answered in order. Pingora 0.9 has no
+        // service-wide switch; the flag is per session and carries over on keep-alive reuse.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.subrequest = session.subrequest_ctx.is_some();
+        // 0. Head bounds, framing, method and the canonical path, before anything reads the
+        //    path (route, key, scope and forwarding all see the rewritten one).
+        if !ctx.subrequest {
+            let raw_head = session.as_downstream().to_h1_raw();
+            let checked =
+                crate::edge::sanitize(session.req_header_mut(), &raw_head, &self.settings.server);
+            if let Err(e) = checked {
+                return self.reject(session, ctx, e, &[]).await;
+            }
+        }
         (ctx.route_index, ctx.route) = self.routes.lookup(session.req_header().uri.path());
 
         // 1. Edge checks.
@@ -460,9 +481,9 @@ impl ProxyHttp for Gateway {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
             ) => None,
             (ErrorSource::Downstream, _) => Some(GatewayError::BadRequest),
-            (_, ErrorType::HTTPStatus(s)) if (500..600).contains(s) => {
-                Some(GatewayError::UpstreamUnavailable)
-            }
+            (_, ErrorType::HTTPStatus(s)) if (500..600).contains(s) => Some(
+                GatewayError::UpstreamUnavailable("it answered with a server error"),
+            ),
             _ => Some(GatewayError::Internal),
         };
         let code = match err {

@@ -165,7 +165,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings.clone(),
         cache,
         limiter,
-        upstream,
+        upstream.clone(),
         in_flight.clone(),
     );
 
@@ -179,7 +179,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
         "raster-edge admin".to_string(),
-        Admin::new(settings.admin.token.clone(), cache, ready.clone()),
+        Admin::new(settings.admin.token.clone(), cache, ready.clone()).with_upstream(upstream),
     );
     admin_service.add_tcp(&settings.listen.admin.to_string());
 

@@ -48,6 +48,12 @@ pub struct ServerFile {
     pub runtime_dir: Option<String>,
     /// Largest request body accepted (413 PAYLOAD_TOO_LARGE beyond).
     pub max_request_body: String,
+    /// Largest request header section, request line included (431 beyond).
+    pub max_header_size: String,
+    /// Most request header fields (431 beyond).
+    pub max_header_count: usize,
+    /// Longest request target (414 URI_TOO_LONG beyond).
+    pub max_uri_length: String,
 }
 
 impl Default for ServerFile {
@@ -57,6 +63,9 @@ impl Default for ServerFile {
             grace_period: "10s".into(),
             runtime_dir: None,
             max_request_body: "32MiB".into(),
+            max_header_size: "32KiB".into(),
+            max_header_count: 64,
+            max_uri_length: "8KiB".into(),
         }
     }
 }

@@ -487,6 +487,9 @@ pub fn validate_with(
         grace_period: duration("server.grace_period", &f.server.grace_period)?,
         runtime_dir,
         max_request_body: size("server.max_request_body", &f.server.max_request_body)?,
+        max_header_size: size("server.max_header_size", &f.server.max_header_size)? as usize,
+        max_header_count: f.server.max_header_count,
+        max_uri_length: size("server.max_uri_length", &f.server.max_uri_length)? as usize,
     };
     let edge_secret = secret(
         "edge.key_id_secret",

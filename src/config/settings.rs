@@ -35,6 +35,9 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub runtime_dir: PathBuf,
     pub max_request_body: u64,
+    pub max_header_size: usize,
+    pub max_header_count: usize,
+    pub max_uri_length: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -109,8 +109,12 @@ pub fn mock_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raster-mock"))
 }
 
+/// The gateway binary; `RASTER_TEST_EDGE_BIN` points the tests at another build (to show a test
+/// fails on the code before a fix).
 pub fn edge_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_raster-edge"))
+    std::env::var_os("RASTER_TEST_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_raster-edge")))
 }
 
 /// A running `raster-mock` on an ephemeral port.
@@ -189,6 +193,16 @@ impl Edge {
     }
 
     pub fn try_start(upstream: &str, toml: &str) -> Option<Edge> {
+        Edge::try_start_until(upstream, toml, "/readyz")
+    }
+
+    /// Starts the gateway and waits only for its admin listener (`/healthz`), for tests of a
+    /// gateway that is up but not ready.
+    pub fn start_unready(upstream: &str, toml: &str) -> Edge {
+        Edge::try_start_until(upstream, toml, "/healthz").expect("raster-edge did not start")
+    }
+
+    fn try_start_until(upstream: &str, toml: &str, probe: &str) -> Option<Edge> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("raster-edge.toml");
         std::fs::File::create(&config)
@@ -212,8 +226,10 @@ impl Edge {
             if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) {
                 use std::io::Read;
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ =
-                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(
+                    format!("GET {probe} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
                 if buf.starts_with(b"HTTP/1.1 200") {
