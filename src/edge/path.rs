@@ -8,7 +8,8 @@
 //! - `%XX` escapes of unreserved characters (ALPHA DIGIT `-._~`) are decoded, every other escape
 //!   is kept with upper-case hex digits; a `%` not followed by two hex digits is refused;
 //! - an encoded slash (`%2F`) is refused (Envoy's `REJECT_REQUEST`): it would mean one segment
-//!   to the gateway and two to an origin that decodes it;
+//!   to the gateway and two to an origin that decodes it; so is an encoded control character
+//!   (`%00`–`%1F`, `%7F`), which is also what Pingora's parser makes of a raw one;
 //! - `.` and `..` segments are removed (after decoding, so `%2E%2E` is `..` too); a `..` that
 //!   would climb above the root is refused, as nginx does;
 //! - empty segments are merged (`//` is `/`, nginx's `merge_slashes`); a trailing slash stays;
@@ -113,6 +114,7 @@ fn is_normal(b: &[u8]) -> bool {
                             && !l.is_ascii_lowercase()
                             && !unreserved(c)
                             && c != b'/'
+                            && !c.is_ascii_control()
                     }
                     _ => false,
                 },
@@ -156,6 +158,10 @@ fn decode_unreserved(seg: &str) -> Result<String, Refusal> {
         let c = h * 16 + l;
         if c == b'/' {
             return Err("request path has an encoded slash (%2F)");
+        }
+        if c.is_ascii_control() {
+            // Also what Pingora's parser turns a raw control byte into: refused either way.
+            return Err("request path has an encoded control character");
         }
         if unreserved(c) {
             out.push(c as char);
@@ -213,6 +219,9 @@ mod tests {
         assert!(n("/a/%zz").is_err());
         assert!(n("/a/%4").is_err());
         assert!(n("/a/%").is_err());
+        assert!(n("/me%00").is_err());
+        assert!(n("/me%0a").is_err());
+        assert!(n("/me%7F").is_err());
     }
 
     #[test]
@@ -262,6 +271,7 @@ mod tests {
             Just("%3a".to_string()),
             Just("%2F".to_string()),
             Just("%zz".to_string()),
+            Just("%00".to_string()),
             "[a-z0-9._~-]{1,6}",
             "[a-zA-Z0-9%._~:@!$&'()*+,;=-]{1,8}",
         ];
@@ -289,7 +299,7 @@ mod tests {
                         let e = &once[i + 1..i + 3];
                         prop_assert_eq!(e.to_ascii_uppercase(), e);
                         let v = u8::from_str_radix(e, 16).unwrap();
-                        prop_assert!(!unreserved(v) && v != b'/');
+                        prop_assert!(!unreserved(v) && v != b'/' && !v.is_ascii_control());
                     }
                 }
             }
