@@ -128,13 +128,20 @@ fn is_normal(b: &[u8]) -> bool {
             i += 1;
         }
     }
-    // Segments between slashes (the first byte is the leading '/').
+    // Segments between slashes (the first byte is the leading '/'); runs on every request, so
+    // it allocates nothing.
     let body = &b[1..];
-    let parts: Vec<&[u8]> = body.split(|&c| c == b'/').collect();
-    let last = parts.len() - 1;
-    parts.iter().enumerate().all(|(i, s)| {
-        !matches!(*s, b"." | b"..") && (!s.is_empty() || (i == last && i > 0) || body.is_empty())
-    })
+    if body.is_empty() {
+        return true;
+    }
+    let mut segments = body.split(|&c| c == b'/').peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if matches!(s, b"." | b"..") || (s.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 /// One segment with unreserved escapes decoded and the others upper-cased; `%2F` and malformed
