@@ -1,5 +1,6 @@
 //! The admin listener, separate from the proxy port (loopback by default): `/healthz` (the
-//! process runs), `/readyz` (every listener accepts), `/metrics` (Prometheus text), and
+//! process runs), `/readyz` (every listener accepts and the upstream name has an address),
+//! `/metrics` (Prometheus text), and
 //! `POST /admin/purge` (bearer admin token, compared in constant time) that invalidates a scope
 //! or a URL for every key. None of these paths is reachable through the proxy port.
 
@@ -20,6 +21,7 @@ use crate::cache::{Cache, PurgeTarget};
 use crate::edge::bearer_token;
 use crate::errors::envelope;
 use crate::metrics::{self, InvalidationReason, METRICS};
+use crate::upstream::Upstream;
 
 /// Largest purge request body read.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -28,6 +30,7 @@ pub struct Admin {
     token: Option<String>,
     cache: &'static Cache,
     ready: Arc<AtomicBool>,
+    upstream: Option<Arc<Upstream>>,
 }
 
 impl Admin {
@@ -36,7 +39,14 @@ impl Admin {
             token,
             cache,
             ready,
+            upstream: None,
         }
+    }
+
+    /// `/readyz` also requires the upstream name to have an address.
+    pub fn with_upstream(mut self, upstream: Arc<Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -135,13 +145,19 @@ impl ServeHttp for Admin {
                 json(StatusCode::OK, br#"{"data":{"status":"ok"}}"#.to_vec())
             }
             (Method::GET | Method::HEAD, "/readyz") => {
-                if self.ready.load(Ordering::Acquire) {
-                    json(StatusCode::OK, br#"{"data":{"status":"ready"}}"#.to_vec())
-                } else {
-                    json(
+                let upstream = self.upstream.as_ref().map_or(Ok(()), |u| u.readiness());
+                match (self.ready.load(Ordering::Acquire), upstream) {
+                    (true, Ok(())) => {
+                        json(StatusCode::OK, br#"{"data":{"status":"ready"}}"#.to_vec())
+                    }
+                    (false, _) => json(
                         StatusCode::SERVICE_UNAVAILABLE,
                         envelope("NOT_READY", "listeners are not up yet").to_vec(),
-                    )
+                    ),
+                    (true, Err(why)) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        envelope("NOT_READY", &why).to_vec(),
+                    ),
                 }
             }
             (Method::GET | Method::HEAD, "/metrics") => response(

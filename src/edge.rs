@@ -4,6 +4,17 @@
 //! options supply a pinned key / version. The raw API key is turned into a [`KeyId`] here, once,
 //! with HMAC-SHA256 under a server secret: everything downstream (cache partition, rate limit,
 //! logs) sees only the key id, and the raw key is never logged, labelled or stored.
+//!
+//! Before those checks, [`sanitize`] bounds the request head (`server.max_header_size`,
+//! `max_header_count`, `max_uri_length`), refuses framing an origin could read differently
+//! (bare LF, `Content-Length` with `Transfer-Encoding`, duplicate or non-numeric
+//! `Content-Length`, a coding other than `chunked`), methods Raster does not define, and
+//! rewrites the path to its canonical form ([`path`]) so keying, scoping and forwarding all see
+//! the same path. Headers that name the caller or the version must appear once: two
+//! `Authorization` or `Api-Version` headers are refused, since the key id would come from one
+//! while the origin may read the other.
+
+pub mod path;
 
 use std::fmt;
 
@@ -12,7 +23,7 @@ use http::Method;
 use pingora::http::RequestHeader;
 use sha2::Sha256;
 
-use crate::config::EdgeSettings;
+use crate::config::{EdgeSettings, ServerSettings};
 use crate::errors::GatewayError;
 use crate::routes::path_only;
 
@@ -116,6 +127,153 @@ pub fn bearer_token(value: &[u8]) -> Option<&str> {
     (!token.is_empty() && token.bytes().all(token68)).then_some(token)
 }
 
+/// Headers that must appear at most once, with the name shown in the error.
+const SINGLE_HEADERS: &[(&str, &str)] = &[
+    ("authorization", "Authorization"),
+    ("api-version", "Api-Version"),
+    ("host", "Host"),
+];
+
+/// Methods forwarded to the origin. TRACE (cross-site tracing), CONNECT (tunnels) and methods
+/// Raster does not define are answered 405 here.
+fn allowed_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
+/// The checks on the request head that come before everything else, and the path rewrite.
+/// `raw_head` is the head as received (request line and header fields, empty when unknown):
+/// Pingora's parser already folded some framing away (it drops `Content-Length` when
+/// `Transfer-Encoding` is present), so those checks read the bytes.
+pub fn sanitize(
+    req: &mut RequestHeader,
+    raw_head: &[u8],
+    limits: &ServerSettings,
+) -> Result<(), GatewayError> {
+    if req.raw_path().len() > limits.max_uri_length {
+        return Err(GatewayError::UriTooLong);
+    }
+    let head_size = if raw_head.is_empty() {
+        head_size(req)
+    } else {
+        raw_head.len()
+    };
+    if head_size > limits.max_header_size {
+        return Err(GatewayError::HeaderSectionTooLarge);
+    }
+    if req.headers.len() > limits.max_header_count {
+        return Err(GatewayError::TooManyHeaders);
+    }
+    check_framing(req, raw_head)?;
+    if !allowed_method(&req.method) {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        return Err(GatewayError::Malformed(
+            "HTTP/1.1 request without a Host header",
+        ));
+    }
+    normalize_target(req)
+}
+
+/// Request line plus `name: value\r\n` per field and the final CRLF.
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    line + fields + 2
+}
+
+fn check_framing(req: &RequestHeader, raw_head: &[u8]) -> Result<(), GatewayError> {
+    if raw_head
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'\n' && (i == 0 || raw_head[i - 1] != b'\r'))
+    {
+        return Err(GatewayError::Malformed(
+            "bare LF line ending in the request head",
+        ));
+    }
+    let te = req.headers.get_all(http::header::TRANSFER_ENCODING);
+    let has_te = te.iter().next().is_some();
+    if has_te {
+        let raw_cl = raw_head
+            .split(|&c| c == b'\n')
+            .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"));
+        if raw_cl || req.headers.contains_key(http::header::CONTENT_LENGTH) {
+            return Err(GatewayError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let mut values = te.iter();
+        let only_chunked = values
+            .next()
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            && values.next().is_none();
+        if !only_chunked {
+            return Err(GatewayError::Malformed(
+                "Transfer-Encoding other than \"chunked\"",
+            ));
+        }
+    }
+    let mut cl = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(v) = cl.next() {
+        if cl.next().is_some() {
+            return Err(GatewayError::DuplicateHeader("Content-Length"));
+        }
+        let v = v.as_bytes().trim_ascii();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err(GatewayError::Malformed("Content-Length is not a number"));
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the target to the canonical origin-form path (and the query as sent).
+fn normalize_target(req: &mut RequestHeader) -> Result<(), GatewayError> {
+    if !req.raw_path_is_utf8() {
+        return Err(GatewayError::Malformed(
+            "request path has a character that must be percent-encoded",
+        ));
+    }
+    let raw = req.raw_path();
+    let absolute_form = !raw.starts_with(b"/")
+        && (starts_with_ci(raw, b"http://") || starts_with_ci(raw, b"https://"));
+    if !absolute_form && !raw.starts_with(b"/") {
+        return Err(GatewayError::Malformed(
+            "request target must be an absolute path (origin-form)",
+        ));
+    }
+    let normal = path::normalize(req.uri.path()).map_err(GatewayError::Malformed)?;
+    if !absolute_form && matches!(normal, std::borrow::Cow::Borrowed(_)) {
+        return Ok(());
+    }
+    let target = match req.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal.into_owned(),
+    };
+    let uri = http::Uri::try_from(target)
+        .map_err(|_| GatewayError::Malformed("request target is not a valid URI"))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
 /// The edge checks, configured once.
 pub struct Edge {
     settings: EdgeSettings,
@@ -153,11 +311,17 @@ impl Edge {
             .any(|r| r.matches(method, path))
     }
 
-    /// Runs the checks in order: reserved path, credentials, version.
+    /// Runs the checks in order: reserved path, single credentials / version / host, credentials,
+    /// version.
     pub fn check(&self, req: &RequestHeader) -> Result<Admitted, GatewayError> {
         let path = path_only(req.uri.path());
         if is_reserved_path(path) {
             return Err(GatewayError::EndpointNotFound);
+        }
+        for (name, shown) in SINGLE_HEADERS {
+            if req.headers.get_all(*name).iter().nth(1).is_some() {
+                return Err(GatewayError::DuplicateHeader(shown));
+            }
         }
         let auth = req.headers.get(http::header::AUTHORIZATION);
         let (principal, inject_key) = match auth {

@@ -6,6 +6,9 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+/// Methods the gateway forwards (the `Allow` header of a 405).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// The errors the gateway itself answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -17,16 +20,32 @@ pub enum GatewayError {
         "rate limit exceeded for this API key; retry after the number of seconds in Retry-After"
     )]
     RateLimited,
-    #[error("the Raster API could not be reached")]
-    UpstreamUnavailable,
-    #[error("the Raster API did not answer in time")]
-    UpstreamTimeout,
+    /// The origin could not be reached; the reason says why (refused, does not resolve, …).
+    #[error("the Raster API could not be reached: {0}")]
+    UpstreamUnavailable(&'static str),
+    #[error("the Raster API did not answer in time: {0}")]
+    UpstreamTimeout(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("request header fields too large")]
     HeaderFieldsTooLarge,
+    #[error("request header section larger than server.max_header_size")]
+    HeaderSectionTooLarge,
+    #[error("more request header fields than server.max_header_count")]
+    TooManyHeaders,
+    #[error("request target longer than server.max_uri_length")]
+    UriTooLong,
     #[error("malformed request")]
     BadRequest,
+    /// A header that must appear at most once appeared more than once (the name is given).
+    #[error("more than one {0} header; send it exactly once")]
+    DuplicateHeader(&'static str),
+    /// A request whose target or framing is refused; the reason is given.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// TRACE, CONNECT and methods Raster does not define.
+    #[error("method not allowed through the gateway; allowed: {ALLOWED_METHODS}")]
+    MethodNotAllowed,
     #[error("endpoint not found")]
     EndpointNotFound,
     #[error("internal gateway error")]
@@ -39,11 +58,13 @@ impl GatewayError {
             Self::Unauthenticated => 401,
             Self::ApiVersionRequired => 400,
             Self::RateLimited => 429,
-            Self::UpstreamUnavailable => 502,
-            Self::UpstreamTimeout => 504,
+            Self::UpstreamUnavailable(_) => 502,
+            Self::UpstreamTimeout(_) => 504,
             Self::PayloadTooLarge => 413,
-            Self::HeaderFieldsTooLarge => 431,
-            Self::BadRequest => 400,
+            Self::HeaderFieldsTooLarge | Self::HeaderSectionTooLarge | Self::TooManyHeaders => 431,
+            Self::UriTooLong => 414,
+            Self::BadRequest | Self::DuplicateHeader(_) | Self::Malformed(_) => 400,
+            Self::MethodNotAllowed => 405,
             Self::EndpointNotFound => 404,
             Self::Internal => 500,
         }
@@ -54,14 +75,31 @@ impl GatewayError {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::ApiVersionRequired => "API_VERSION_REQUIRED",
             Self::RateLimited => "RATE_LIMITED",
-            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::HeaderFieldsTooLarge => "REQUEST_HEADER_FIELDS_TOO_LARGE",
-            Self::BadRequest => "BAD_REQUEST",
+            Self::HeaderFieldsTooLarge | Self::HeaderSectionTooLarge | Self::TooManyHeaders => {
+                "REQUEST_HEADER_FIELDS_TOO_LARGE"
+            }
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::BadRequest | Self::DuplicateHeader(_) | Self::Malformed(_) => "BAD_REQUEST",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::EndpointNotFound => "ENDPOINT_NOT_FOUND",
             Self::Internal => "INTERNAL_SERVER_ERROR",
         }
+    }
+
+    /// Refusals of a request whose framing or intent is in doubt: the connection is closed after
+    /// the answer, so nothing the client sent after it is read as another request.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Self::HeaderSectionTooLarge
+                | Self::TooManyHeaders
+                | Self::UriTooLong
+                | Self::DuplicateHeader(_)
+                | Self::Malformed(_)
+        )
     }
 
     /// The JSON envelope for this error.
@@ -77,14 +115,17 @@ pub fn envelope(code: &str, message: &str) -> Bytes {
 }
 
 /// A complete error response: status, `content-type`, `content-length`, `cache-control:
-/// no-store`, and the envelope as its body. The gateway decorates and sends it
-/// ([`crate::response::send`]).
+/// no-store` (and `Allow` on a 405), with the envelope as its body. The gateway decorates and
+/// sends it ([`crate::response::send`]).
 pub fn response(err: GatewayError) -> pingora::Result<(ResponseHeader, Bytes)> {
     let body = err.body();
     let mut h = ResponseHeader::build(err.status(), Some(6))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
+    if err == GatewayError::MethodNotAllowed {
+        h.insert_header("allow", ALLOWED_METHODS)?;
+    }
     Ok((h, body))
 }
 
@@ -102,7 +143,26 @@ mod tests {
             .unwrap()
             .contains("Retry-After"));
         assert_eq!(GatewayError::RateLimited.status(), 429);
-        assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
+        assert_eq!(GatewayError::UpstreamTimeout("read").status(), 504);
+    }
+
+    #[test]
+    fn duplicate_and_limit_errors_say_what_was_wrong() {
+        let d = GatewayError::DuplicateHeader("Authorization");
+        assert_eq!((d.status(), d.code()), (400, "BAD_REQUEST"));
+        assert!(d.to_string().contains("Authorization"), "{d}");
+        let h = GatewayError::HeaderSectionTooLarge;
+        assert_eq!(
+            (h.status(), h.code()),
+            (431, "REQUEST_HEADER_FIELDS_TOO_LARGE")
+        );
+        assert!(h.to_string().contains("server.max_header_size"));
+        assert_eq!(GatewayError::UriTooLong.code(), "URI_TOO_LONG");
+        assert_eq!(GatewayError::UriTooLong.status(), 414);
+        let u = GatewayError::UpstreamUnavailable("its host name does not resolve");
+        assert_eq!((u.status(), u.code()), (502, "UPSTREAM_UNAVAILABLE"));
+        assert!(u.to_string().contains("does not resolve"));
+        assert!(d.closes_connection() && !GatewayError::Unauthenticated.closes_connection());
     }
 
     #[test]

@@ -80,8 +80,7 @@ impl Gateway {
             .edge_rejections
             .with_label_values(&[err.code()])
             .inc();
-        let (header, body) = errors::response(err)?;
-        response::send(session, ctx, header, Some(body)).await?;
+        send_error(session, ctx, err).await?;
         Ok(true)
     }
 
@@ -118,6 +117,20 @@ impl Gateway {
     }
 }
 
+/// Sends `err` as the whole response, closing the connection after it where the error says the
+/// stream can no longer be trusted (framing errors).
+async fn send_error(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    err: GatewayError,
+) -> pingora::Result<()> {
+    if err.closes_connection() {
+        session.set_keepalive(None);
+    }
+    let (header, body) = errors::response(err)?;
+    response::send(session, ctx, header, Some(body)).await
+}
+
 fn is_write(m: &Method) -> bool {
     matches!(
         *m,
@@ -133,12 +146,33 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(&self.in_flight)
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // RFC 9112 §9.3.2: pipelined requests are answered in order. Pingora 0.9 has no
+        // service-wide switch; the flag is per session and carries over on keep-alive reuse.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.subrequest = session.subrequest_ctx.is_some();
+        // 0. Head bounds, framing, method and the canonical path, before anything reads the
+        //    path (route, key, scope and forwarding all see the rewritten one).
+        if !ctx.subrequest {
+            let raw_head = session.as_downstream().to_h1_raw();
+            let checked =
+                crate::edge::sanitize(session.req_header_mut(), &raw_head, &self.settings.server);
+            if let Err(e) = checked {
+                return self.reject(session, ctx, e).await;
+            }
+        }
         (ctx.route_index, ctx.route) = self.routes.lookup(session.req_header().uri.path());
 
         // 1. Edge checks.
@@ -400,19 +434,15 @@ impl ProxyHttp for Gateway {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
             ) => None,
             (ErrorSource::Downstream, _) => Some(GatewayError::BadRequest),
-            (_, ErrorType::HTTPStatus(s)) if (500..600).contains(s) => {
-                Some(GatewayError::UpstreamUnavailable)
-            }
+            (_, ErrorType::HTTPStatus(s)) if (500..600).contains(s) => Some(
+                GatewayError::UpstreamUnavailable("it answered with a server error"),
+            ),
             _ => Some(GatewayError::Internal),
         };
         let code = match err {
             Some(err) if session.response_written().is_none() => {
                 ctx.error = Some(err);
-                let sent = match errors::response(err) {
-                    Ok((header, body)) => response::send(session, ctx, header, Some(body)).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(write_err) = sent {
+                if let Err(write_err) = send_error(session, ctx, err).await {
                     tracing::debug!(error = %write_err, "could not send error response");
                 }
                 err.status()

@@ -116,6 +116,7 @@ label_values! {
         Timeout => "timeout",
         ConnectRefused => "connect_refused",
         NoRoute => "no_route",
+        ConnectError => "connect_error",
         Dns => "dns",
         Tls => "tls",
         Closed => "closed",

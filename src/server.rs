@@ -194,7 +194,7 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         settings.clone(),
         cache,
         limiter,
-        upstream,
+        upstream.clone(),
         in_flight.clone(),
     );
 
@@ -208,7 +208,7 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
         "raster-edge admin".to_string(),
-        Admin::new(settings.admin.token.clone(), cache, ready.clone()),
+        Admin::new(settings.admin.token.clone(), cache, ready.clone()).with_upstream(upstream),
     );
     admin_service.add_tcp(&settings.listen.admin.to_string());
 

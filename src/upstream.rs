@@ -3,7 +3,10 @@
 //! with a host name does a blocking lookup and panics on failure, so a background thread
 //! resolves and the request path only clones a ready peer), the `Host` rewrite, hop-by-hop
 //! header removal in both directions, and the mapping of Pingora's errors to the gateway's
-//! `UPSTREAM_UNAVAILABLE` / `UPSTREAM_TIMEOUT`.
+//! `UPSTREAM_UNAVAILABLE` / `UPSTREAM_TIMEOUT` with the reason in the message. While the name
+//! has never resolved, requests get `502 UPSTREAM_UNAVAILABLE` ("does not resolve") and
+//! [`Upstream::readiness`] reports it; once it has resolved, a later failed lookup keeps the
+//! previous addresses (a DNS hiccup must not take a working fleet out of rotation).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +28,9 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How soon to retry after a failed resolution.
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 
+/// The error type of a request made while the upstream name has no address.
+pub const UNRESOLVED: ErrorType = ErrorType::Custom("UpstreamUnresolved");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction. `Transfer-Encoding`
 /// is left to Pingora, which owns body framing.
 const HOP_BY_HOP: &[&str] = &[
@@ -42,6 +48,8 @@ pub struct Upstream {
     settings: UpstreamSettings,
     addrs: RwLock<Arc<Vec<SocketAddr>>>,
     next: AtomicUsize,
+    /// Why the last lookup failed, while no address is known (for `/readyz`).
+    unresolved: RwLock<Option<String>>,
 }
 
 impl Upstream {
@@ -52,6 +60,7 @@ impl Upstream {
             settings,
             addrs: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
+            unresolved: RwLock::new(None),
         });
         let ok = up.resolve();
         if up.settings.host.parse::<std::net::IpAddr>().is_err() {
@@ -86,8 +95,10 @@ impl Upstream {
                 found.dedup();
                 if found.is_empty() {
                     tracing::warn!(host = %self.settings.host, "upstream resolved to no address");
+                    self.note_failure("resolved to no address".into());
                     return false;
                 }
+                *self.unresolved.write() = None;
                 let mut cur = self.addrs.write();
                 if **cur != found {
                     tracing::info!(host = %self.settings.host, addrs = ?found, "upstream addresses");
@@ -97,9 +108,29 @@ impl Upstream {
             }
             Err(e) => {
                 tracing::warn!(host = %self.settings.host, error = %e, "upstream resolution failed; keeping previous addresses");
+                self.note_failure(e.to_string());
                 false
             }
         }
+    }
+
+    fn note_failure(&self, why: String) {
+        if self.addrs.read().is_empty() {
+            *self.unresolved.write() = Some(why);
+        }
+    }
+
+    /// `Err(reason)` while the upstream name has no address to connect to.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.addrs.read().is_empty() {
+            return Ok(());
+        }
+        let why = self.unresolved.read().clone();
+        Err(format!(
+            "upstream host {} does not resolve{}",
+            self.settings.host,
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        ))
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -110,10 +141,11 @@ impl Upstream {
     pub fn peer(&self) -> pingora::Result<Box<HttpPeer>> {
         let addrs = self.addrs.read().clone();
         if addrs.is_empty() {
-            return Error::e_explain(
-                ErrorType::ConnectNoRoute,
-                format!("upstream {} has not resolved yet", self.settings.host),
-            );
+            return Err(Error::explain(
+                UNRESOLVED,
+                format!("upstream {} does not resolve", self.settings.host),
+            )
+            .into_up());
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
         let s = &self.settings;
@@ -170,22 +202,33 @@ fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
 /// Which gateway error an upstream failure becomes, and the label it is counted under.
 pub fn classify(e: &Error) -> (GatewayError, UpstreamErrorKind) {
     use ErrorType::*;
+    use GatewayError::{UpstreamTimeout as Timeout, UpstreamUnavailable as Unavailable};
     use UpstreamErrorKind as K;
     match e.etype() {
-        ConnectTimedout | TLSHandshakeTimedout => {
-            (GatewayError::UpstreamTimeout, K::ConnectTimeout)
+        t if *t == UNRESOLVED => (Unavailable("its host name does not resolve"), K::Dns),
+        ConnectTimedout => (Timeout("connecting timed out"), K::ConnectTimeout),
+        TLSHandshakeTimedout => (Timeout("the TLS handshake timed out"), K::ConnectTimeout),
+        ReadTimedout => (
+            Timeout("no response within upstream.read_timeout"),
+            K::Timeout,
+        ),
+        WriteTimedout => (Timeout("sending the request timed out"), K::Timeout),
+        ConnectRefused => (Unavailable("the connection was refused"), K::ConnectRefused),
+        ConnectNoRoute => (Unavailable("no route to its address"), K::NoRoute),
+        BindError | SocketError | ConnectError | ConnectProxyFailure => (
+            Unavailable("the connection could not be made"),
+            K::ConnectError,
+        ),
+        TLSHandshakeFailure | HandshakeError | TLSWantX509Lookup => {
+            (Unavailable("the TLS handshake failed"), K::Tls)
         }
-        ReadTimedout | WriteTimedout => (GatewayError::UpstreamTimeout, K::Timeout),
-        ConnectRefused => (GatewayError::UpstreamUnavailable, K::ConnectRefused),
-        ConnectNoRoute => (GatewayError::UpstreamUnavailable, K::NoRoute),
-        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
-            (GatewayError::UpstreamUnavailable, K::Tls)
-        }
-        ConnectionClosed | ReadError | WriteError => (GatewayError::UpstreamUnavailable, K::Closed),
+        InvalidCert => (Unavailable("its TLS certificate was not accepted"), K::Tls),
+        ConnectionClosed => (Unavailable("it closed the connection early"), K::Closed),
+        ReadError | WriteError => (Unavailable("the connection broke"), K::Closed),
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => {
-            (GatewayError::UpstreamUnavailable, K::Protocol)
+            (Unavailable("it sent an invalid HTTP response"), K::Protocol)
         }
-        _ => (GatewayError::UpstreamUnavailable, K::Other),
+        _ => (Unavailable("the request to it failed"), K::Other),
     }
 }
 
@@ -232,8 +275,61 @@ mod tests {
     #[test]
     fn timeouts_map_to_504_and_refusals_to_502() {
         let t = Error::new(ErrorType::ReadTimedout);
-        assert_eq!(classify(&t).0, GatewayError::UpstreamTimeout);
+        assert_eq!(classify(&t).0.status(), 504);
         let r = Error::new(ErrorType::ConnectRefused);
-        assert_eq!(classify(&r).0, GatewayError::UpstreamUnavailable);
+        assert_eq!(classify(&r).0.code(), "UPSTREAM_UNAVAILABLE");
+    }
+
+    #[test]
+    fn every_upstream_failure_kind_is_a_502_or_504_saying_why() {
+        use ErrorType::*;
+        for t in [
+            UNRESOLVED,
+            ConnectTimedout,
+            ConnectRefused,
+            ConnectNoRoute,
+            TLSHandshakeFailure,
+            TLSHandshakeTimedout,
+            InvalidCert,
+            HandshakeError,
+            ConnectError,
+            BindError,
+            SocketError,
+            ConnectProxyFailure,
+            InvalidHTTPHeader,
+            H1Error,
+            H2Error,
+            InvalidH2,
+            H2Downgrade,
+            ReadError,
+            WriteError,
+            ReadTimedout,
+            WriteTimedout,
+            ConnectionClosed,
+            HTTPStatus(500),
+            InternalError,
+            UnknownError,
+        ] {
+            let (err, label) = classify(&Error::new(t.clone()));
+            assert!(matches!(err.status(), 502 | 504), "{t:?}: {err:?}");
+            assert!(!label.as_str().is_empty());
+            assert!(err.to_string().contains(": "), "{t:?}: no reason in {err}");
+        }
+        let (err, label) = classify(&Error::new(UNRESOLVED));
+        assert_eq!(label, UpstreamErrorKind::Dns);
+        assert!(err.to_string().contains("does not resolve"));
+    }
+
+    #[test]
+    fn an_unresolvable_name_is_not_ready_and_its_requests_are_upstream_errors() {
+        let up = Upstream::start(settings("http://does-not-exist.invalid:80"));
+        let why = up.readiness().unwrap_err();
+        assert!(why.contains("does-not-exist.invalid"), "{why}");
+        let e = up.peer().unwrap_err();
+        assert_eq!(*e.esource(), pingora::ErrorSource::Upstream);
+        assert_eq!(classify(&e).1, UpstreamErrorKind::Dns);
+        assert!(Upstream::start(settings("http://127.0.0.1:9"))
+            .readiness()
+            .is_ok());
     }
 }

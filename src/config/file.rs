@@ -41,6 +41,12 @@ pub struct ServerFile {
     pub runtime_dir: Option<String>,
     /// Largest request body accepted (413 PAYLOAD_TOO_LARGE beyond).
     pub max_request_body: String,
+    /// Largest request header section, request line included (431 beyond).
+    pub max_header_size: String,
+    /// Most request header fields (431 beyond).
+    pub max_header_count: usize,
+    /// Longest request target (414 URI_TOO_LONG beyond).
+    pub max_uri_length: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

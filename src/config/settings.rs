@@ -40,6 +40,9 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub runtime_dir: PathBuf,
     pub max_request_body: u64,
+    pub max_header_size: usize,
+    pub max_header_count: usize,
+    pub max_uri_length: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +301,11 @@ impl TryFrom<file::ListenFile> for ListenSettings {
     }
 }
 
+/// A size that must fit in memory (header and URI bounds).
+fn usize_size(key: &str, v: &str) -> Result<usize, ConfigError> {
+    usize::try_from(size(key, v)?).map_err(|_| invalid(key, "too large"))
+}
+
 impl ServerSettings {
     /// The runtime directory defaults per proxy port, so it needs the validated listeners.
     pub fn from_file(f: file::ServerFile, listen: &ListenSettings) -> Result<Self, ConfigError> {
@@ -316,6 +324,9 @@ impl ServerSettings {
             grace_period: duration("server.grace_period", &f.grace_period)?,
             runtime_dir,
             max_request_body: size("server.max_request_body", &f.max_request_body)?,
+            max_header_size: usize_size("server.max_header_size", &f.max_header_size)?,
+            max_header_count: f.max_header_count,
+            max_uri_length: usize_size("server.max_uri_length", &f.max_uri_length)?,
         })
     }
 }

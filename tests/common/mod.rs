@@ -386,8 +386,12 @@ pub fn mock_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raster-mock"))
 }
 
+/// The gateway binary; `RASTER_TEST_EDGE_BIN` points the tests at another build (to show a test
+/// fails on the code before a fix).
 pub fn edge_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_raster-edge"))
+    std::env::var_os("RASTER_TEST_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_raster-edge")))
 }
 
 /// The address in `raster-mock`'s first stdout line (`listening on HOST:PORT`).
@@ -468,13 +472,15 @@ pub struct Edge {
     pub dir: tempfile::TempDir,
 }
 
-/// `GET /readyz` on `admin` answered 200.
-fn ready(admin: SocketAddr) -> bool {
+/// `GET probe` on `admin` answered 200.
+fn answers_200(admin: SocketAddr, probe: &str) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(100)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(
+        format!("GET {probe} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     buf.starts_with(b"HTTP/1.1 200")
@@ -492,9 +498,20 @@ impl Edge {
         Edge::start_checked(upstream, toml).ok()
     }
 
+    /// Starts the gateway and waits only for its admin listener (`/healthz`), for tests of a
+    /// gateway that is up but not ready.
+    pub fn start_unready(upstream: &str, toml: &str) -> Edge {
+        Edge::start_until(upstream, toml, "/healthz").unwrap_or_else(|why| panic!("{why}"))
+    }
+
     /// Starts the gateway, retrying on fresh ports when it loses one to another process; the
     /// error carries the gateway's output.
     pub fn start_checked(upstream: &str, toml: &str) -> Result<Edge, String> {
+        Edge::start_until(upstream, toml, "/readyz")
+    }
+
+    /// Starts the gateway and waits until `GET probe` on its admin listener answers 200.
+    fn start_until(upstream: &str, toml: &str, probe: &str) -> Result<Edge, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("raster-edge.toml");
         std::fs::File::create(&config)
@@ -527,7 +544,7 @@ impl Edge {
                 }
                 // Alive after the probe too: a child that lost its admin port to another
                 // process exits, whoever answered the probe.
-                if ready(admin) && proc.exited().is_none() {
+                if answers_200(admin, probe) && proc.exited().is_none() {
                     return Attempt::Up((addr, admin, proc));
                 }
                 std::thread::sleep(Duration::from_millis(20));
