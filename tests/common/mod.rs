@@ -199,7 +199,14 @@ impl Edge {
     /// Starts the gateway and waits only for its admin listener (`/healthz`), for tests of a
     /// gateway that is up but not ready.
     pub fn start_unready(upstream: &str, toml: &str) -> Edge {
-        Edge::try_start_until(upstream, toml, "/healthz").expect("raster-edge did not start")
+        let edge =
+            Edge::try_start_until(upstream, toml, "/healthz").expect("raster-edge did not start");
+        // The admin listener can be up before the proxy listener.
+        assert!(
+            wait_for_port(edge.addr, Duration::from_secs(15)),
+            "proxy listener"
+        );
+        edge
     }
 
     fn try_start_until(upstream: &str, toml: &str, probe: &str) -> Option<Edge> {
