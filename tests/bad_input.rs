@@ -428,6 +428,8 @@ fn corpus() -> Vec<Case> {
             .probe(get(&page(79), ""), Page(79, Miss)),
         case("pipelined_head_then_get", cat(&[&format!("HEAD {} HTTP/1.1\r\nHost: edge\r\n{READ}\r\n", page(80)).into_bytes(), &get(&page(80), "")]), OriginAny, Open)
             .warm(get(&page(80), "")).head_first().then(Page(80, Hit)),
+        case("pipelined_head_miss_then_get", cat(&[&format!("HEAD {} HTTP/1.1\r\nHost: edge\r\n{READ}\r\n", page(84)).into_bytes(), &get(&page(84), "")]), OriginAny, Open)
+            .head_first().then(Page(84, Any)),
         case("pipelined_post_then_get", cat(&[&post(&format!("{LIS}/tag"), WRITE, tag_lisbon), &get(&page(81), "")]), Origin(200), Open)
             .then(Page(81, Miss)),
 

@@ -210,11 +210,14 @@ impl Cache {
         }
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.settings.lock_timeout);
+        // A HEAD miss is never stored (pingora-cache fills only from GET 200), yet with the lock
+        // it would take the key's write permit and drop it unfinished ("Dangling cache lock").
+        let head = session.req_header().method == http::Method::HEAD;
         session.cache.enable(
             self.storage,
             None,
             Some(self.predictor),
-            Some(self.lock),
+            (!head).then_some(self.lock),
             Some(overrides),
         );
         session

@@ -501,7 +501,14 @@ impl Edge {
     /// Starts the gateway and waits only for its admin listener (`/healthz`), for tests of a
     /// gateway that is up but not ready.
     pub fn start_unready(upstream: &str, toml: &str) -> Edge {
-        Edge::start_until(upstream, toml, "/healthz").unwrap_or_else(|why| panic!("{why}"))
+        let edge =
+            Edge::start_until(upstream, toml, "/healthz").unwrap_or_else(|why| panic!("{why}"));
+        // The admin listener can be up before the proxy listener.
+        assert!(
+            wait_for_port(edge.addr, Duration::from_secs(15)),
+            "proxy listener"
+        );
+        edge
     }
 
     /// Starts the gateway, retrying on fresh ports when it loses one to another process; the
