@@ -1,7 +1,9 @@
 //! The origin: where requests go and how. Owns the peer (address, TLS with SNI and certificate
 //! verification, ALPN, timeouts), name resolution off the request path (Pingora's `HttpPeer::new`
-//! with a host name does a blocking lookup and panics on failure, so a background thread
-//! resolves and the request path only clones a ready peer), the `Host` rewrite, hop-by-hop
+//! with a host name does a blocking lookup and panics on failure, so the request path only
+//! clones a ready peer; a lookup that is due runs on a short-lived thread of its own, started by
+//! the request or readiness probe that finds it due: an idle gateway never wakes up to resolve),
+//! the `Host` rewrite, hop-by-hop
 //! header removal in both directions, and the mapping of Pingora's errors to the gateway's
 //! `UPSTREAM_UNAVAILABLE` / `UPSTREAM_TIMEOUT` with the reason in the message. While the name
 //! has never resolved, requests get `502 UPSTREAM_UNAVAILABLE` ("does not resolve") and
@@ -9,9 +11,9 @@
 //! previous addresses (a DNS hiccup must not take a working fleet out of rotation).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -23,9 +25,9 @@ use crate::config::UpstreamSettings;
 use crate::errors::GatewayError;
 use crate::metrics::UpstreamErrorKind;
 
-/// How often the upstream host name is resolved again.
+/// How old a successful resolution may get before the next request refreshes it.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How soon to retry after a failed resolution.
+/// How soon after a failed resolution the next request (or readiness probe) tries again.
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 
 /// The error type of a request made while the upstream name has no address.
@@ -50,40 +52,84 @@ pub struct Upstream {
     next: AtomicUsize,
     /// Why the last lookup failed, while no address is known (for `/readyz`).
     unresolved: RwLock<Option<String>>,
+    /// Reference point of `last_lookup`.
+    base: Instant,
+    /// When the last lookup started (nanoseconds since `base`).
+    last_lookup: AtomicU64,
+    last_ok: AtomicBool,
+    /// A lookup is running.
+    resolving: AtomicBool,
+    /// Lookups started after the first (tests watch it).
+    refreshes: AtomicU64,
+    /// [`RESOLVE_INTERVAL`] and [`RESOLVE_RETRY`] (tests shorten them).
+    due: (Duration, Duration),
 }
 
 impl Upstream {
-    /// Resolves once synchronously (so a literal address or a reachable name is ready at
-    /// start), then keeps resolving in a background thread.
+    /// Resolves once synchronously, so a literal address or a reachable name is ready at start.
+    /// Later lookups happen when a request or readiness probe finds the last one due.
     pub fn start(settings: UpstreamSettings) -> Arc<Self> {
         let up = Arc::new(Self {
             settings,
             addrs: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
             unresolved: RwLock::new(None),
+            base: Instant::now(),
+            last_lookup: AtomicU64::new(0),
+            last_ok: AtomicBool::new(false),
+            resolving: AtomicBool::new(false),
+            refreshes: AtomicU64::new(0),
+            due: (RESOLVE_INTERVAL, RESOLVE_RETRY),
         });
         let ok = up.resolve();
-        if up.settings.host.parse::<std::net::IpAddr>().is_err() {
-            let weak = Arc::downgrade(&up);
-            let spawned = std::thread::Builder::new()
-                .name("upstream-resolver".into())
-                .spawn(move || {
-                    let mut wait = if ok { RESOLVE_INTERVAL } else { RESOLVE_RETRY };
-                    loop {
-                        std::thread::sleep(wait);
-                        let Some(up) = weak.upgrade() else { return };
-                        wait = if up.resolve() {
-                            RESOLVE_INTERVAL
-                        } else {
-                            RESOLVE_RETRY
-                        };
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the upstream resolver thread");
-            }
-        }
+        up.last_ok.store(ok, Ordering::Release);
         up
+    }
+
+    fn is_literal(&self) -> bool {
+        self.settings.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts a lookup on a thread of its own when the last one is due (at most one at a time).
+    /// The caller goes on with the addresses known now.
+    fn refresh_if_due(self: &Arc<Self>) {
+        if self.is_literal() {
+            return;
+        }
+        let due_after = if self.last_ok.load(Ordering::Acquire) {
+            self.due.0
+        } else {
+            self.due.1
+        };
+        let age = self
+            .since_base()
+            .saturating_sub(self.last_lookup.load(Ordering::Acquire));
+        if Duration::from_nanos(age) < due_after
+            || self
+                .resolving
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        self.last_lookup.store(self.since_base(), Ordering::Release);
+        self.refreshes.fetch_add(1, Ordering::AcqRel);
+        let up = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("upstream-resolve".into())
+            .spawn(move || {
+                let ok = up.resolve();
+                up.last_ok.store(ok, Ordering::Release);
+                up.resolving.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.resolving.store(false, Ordering::Release);
+            tracing::error!(error = %e, "cannot start an upstream lookup");
+        }
     }
 
     fn resolve(&self) -> bool {
@@ -120,8 +166,11 @@ impl Upstream {
         }
     }
 
-    /// `Err(reason)` while the upstream name has no address to connect to.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// `Err(reason)` while the upstream name has no address to connect to. A probe also
+    /// refreshes a lookup that is due, so an instance that started unresolved recovers by itself
+    /// under its readiness probe.
+    pub fn readiness(self: &Arc<Self>) -> Result<(), String> {
+        self.refresh_if_due();
         if !self.addrs.read().is_empty() {
             return Ok(());
         }
@@ -138,7 +187,8 @@ impl Upstream {
     }
 
     /// A ready peer for one request (round robin over the resolved addresses).
-    pub fn peer(&self) -> pingora::Result<Box<HttpPeer>> {
+    pub fn peer(self: &Arc<Self>) -> pingora::Result<Box<HttpPeer>> {
+        self.refresh_if_due();
         let addrs = self.addrs.read().clone();
         if addrs.is_empty() {
             return Err(Error::explain(
@@ -318,6 +368,27 @@ mod tests {
         let (err, label) = classify(&Error::new(UNRESOLVED));
         assert_eq!(label, UpstreamErrorKind::Dns);
         assert!(err.to_string().contains("does not resolve"));
+    }
+
+    #[test]
+    fn lookups_happen_only_when_asked_and_due() {
+        let literal = Upstream::start(settings("http://127.0.0.1:9"));
+        literal.peer().unwrap();
+        assert_eq!(literal.refreshes.load(Ordering::Acquire), 0);
+        // A name that failed at start is retried by the next probe once the retry is due, on
+        // a thread of its own; nothing retries while nobody asks.
+        let mut up = Upstream::start(settings("http://does-not-exist.invalid:80"));
+        Arc::get_mut(&mut up).expect("sole owner").due = (Duration::ZERO, Duration::ZERO);
+        assert_eq!(up.refreshes.load(Ordering::Acquire), 0);
+        assert!(up.readiness().is_err());
+        assert_eq!(up.refreshes.load(Ordering::Acquire), 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while up.resolving.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!up.resolving.load(Ordering::Acquire), "the lookup finished");
+        assert!(up.peer().is_err());
+        assert_eq!(up.refreshes.load(Ordering::Acquire), 2);
     }
 
     #[test]

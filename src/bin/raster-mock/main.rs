@@ -21,6 +21,7 @@ mod listener;
 mod routes;
 mod server;
 mod state;
+mod writes;
 
 use std::io::Write;
 use std::net::TcpListener;
