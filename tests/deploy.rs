@@ -17,7 +17,7 @@ use prometheus::core::Collector;
 use prometheus::HistogramVec;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
-use raster_edge::metrics::{self, METRICS};
+use raster_edge::metrics;
 use serde_yaml::Value;
 
 /// Labels Prometheus attaches at scrape time: valid on every series.
@@ -118,9 +118,17 @@ fn catalog() -> Catalog {
         family(CACHE_BYTES, &m.cache_bytes, false),
         family(CACHE_EVICTIONS_TOTAL, &m.cache_evictions, false),
         family(CACHE_INVALIDATIONS_TOTAL, &m.cache_invalidations, false),
-        family(CACHE_STORE_REJECTIONS_TOTAL, &m.cache_store_rejections, false),
+        family(
+            CACHE_STORE_REJECTIONS_TOTAL,
+            &m.cache_store_rejections,
+            false,
+        ),
         family(RATELIMIT_DECISIONS_TOTAL, &m.ratelimit_decisions, false),
-        family(RATELIMIT_FALLBACK_ACTIVE, &m.ratelimit_fallback_active, false),
+        family(
+            RATELIMIT_FALLBACK_ACTIVE,
+            &m.ratelimit_fallback_active,
+            false,
+        ),
         family(RATELIMIT_FALLBACKS_TOTAL, &m.ratelimit_fallbacks, false),
         family(RATELIMIT_TRACKED_KEYS, &m.ratelimit_tracked_keys, false),
         family(REDIS_ERRORS_TOTAL, &m.redis_errors, false),
@@ -133,11 +141,13 @@ fn catalog() -> Catalog {
     let statuses: BTreeSet<String> = (0..=600u16)
         .map(|s| metrics::status_class(s).to_string())
         .collect();
-    let methods: BTreeSet<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "X"]
-        .iter()
-        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-        .map(|m| metrics::method_label(&m).to_string())
-        .collect();
+    let methods: BTreeSet<String> = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "X",
+    ]
+    .iter()
+    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+    .map(|m| metrics::method_label(&m).to_string())
+    .collect();
     if let Some(f) = families.get_mut(REQUESTS_TOTAL) {
         f.values.insert("status".into(), statuses);
         f.values.insert("method".into(), methods);
@@ -397,7 +407,9 @@ fn catalog_with_recordings() -> Catalog {
         let record = str_of(&rule, "record").expect("a recording rule has `record`");
         let expr = str_of(&rule, "expr").expect("a recording rule has `expr`");
         if !record.contains(':') {
-            errors.push(format!("{record}: recording rule names are level:metric:operation"));
+            errors.push(format!(
+                "{record}: recording rule names are level:metric:operation"
+            ));
         }
         if cat.recorded.contains_key(record) {
             errors.push(format!("{record}: recorded twice"));
@@ -451,9 +463,15 @@ fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 
 /// Grafana's interval variables are not PromQL; a duration stands in for them.
 fn grafana_to_promql(expr: &str) -> String {
-    ["$__rate_interval", "${__rate_interval}", "$__interval", "${__interval}", "$__range"]
-        .iter()
-        .fold(expr.to_string(), |e, var| e.replace(var, "5m"))
+    [
+        "$__rate_interval",
+        "${__rate_interval}",
+        "$__interval",
+        "${__interval}",
+        "$__range",
+    ]
+    .iter()
+    .fold(expr.to_string(), |e, var| e.replace(var, "5m"))
 }
 
 fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -502,7 +520,10 @@ fn grafana_dashboards_name_only_exported_metrics() {
         })
         .filter(|(_, v)| v.get("panels").is_some())
         .collect();
-    assert!(!dashboards.is_empty(), "no Grafana dashboard found in deploy/");
+    assert!(
+        !dashboards.is_empty(),
+        "no Grafana dashboard found in deploy/"
+    );
     let mut errors = Vec::new();
     let mut checked = 0;
     for (path, dash) in &dashboards {
@@ -512,7 +533,11 @@ fn grafana_dashboards_name_only_exported_metrics() {
         for e in exprs {
             checked += 1;
             if let Err(errs) = cat.check(&grafana_to_promql(&e)) {
-                errors.push(format!("{}: {e}\n    {}", path.display(), errs.join("\n    ")));
+                errors.push(format!(
+                    "{}: {e}\n    {}",
+                    path.display(),
+                    errs.join("\n    ")
+                ));
             }
         }
     }
@@ -581,17 +606,29 @@ fn operations_md_queries_name_only_exported_metrics() {
     let doc =
         std::fs::read_to_string(root().join("docs/OPERATIONS.md")).expect("docs/OPERATIONS.md");
     let blocks = promql_blocks(&doc);
-    assert!(!blocks.is_empty(), "docs/OPERATIONS.md has no promql blocks");
+    assert!(
+        !blocks.is_empty(),
+        "docs/OPERATIONS.md has no promql blocks"
+    );
     let errors: Vec<String> = blocks
         .iter()
-        .filter_map(|q| cat.check(q).err().map(|e| format!("{q}    {}", e.join("; "))))
+        .filter_map(|q| {
+            cat.check(q)
+                .err()
+                .map(|e| format!("{q}    {}", e.join("; ")))
+        })
         .collect();
-    assert!(errors.is_empty(), "docs/OPERATIONS.md:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "docs/OPERATIONS.md:\n{}",
+        errors.join("\n")
+    );
 }
 
 #[test]
 fn every_alert_has_a_runbook_section_in_operations_md() {
-    let doc = std::fs::read_to_string(root().join("docs/OPERATIONS.md")).expect("docs/OPERATIONS.md");
+    let doc =
+        std::fs::read_to_string(root().join("docs/OPERATIONS.md")).expect("docs/OPERATIONS.md");
     let anchors: BTreeSet<String> = doc
         .lines()
         .filter(|l| l.starts_with('#'))
@@ -633,7 +670,11 @@ fn every_alert_has_a_unit_test_that_fires_and_one_that_stays_silent() {
             );
         }
         for t in doc["tests"].as_sequence().cloned().unwrap_or_default() {
-            for case in t["alert_rule_test"].as_sequence().cloned().unwrap_or_default() {
+            for case in t["alert_rule_test"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+            {
                 let name = str_of(&case, "alertname").unwrap_or("").to_string();
                 let n = case["exp_alerts"].as_sequence().map_or(0, |s| s.len());
                 if n > 0 {
@@ -686,14 +727,32 @@ fn the_check_rejects_what_the_gateway_does_not_export() {
         // histogram suffix on a gauge
         ("raster_edge_cache_bytes_bucket", "not a histogram"),
         // misspelt label in a selector
-        ("rate(raster_edge_requests_total{stauts=\"5xx\"}[5m])", "no label \"stauts\""),
+        (
+            "rate(raster_edge_requests_total{stauts=\"5xx\"}[5m])",
+            "no label \"stauts\"",
+        ),
         // a label the metric does not carry (tier is on rate-limit decisions)
-        ("sum by (tier) (rate(raster_edge_requests_total[5m]))", "label \"tier\""),
-        ("a_metric_without_prefix / on (route) raster_edge_requests_total", "not a metric"),
+        (
+            "sum by (tier) (rate(raster_edge_requests_total[5m]))",
+            "label \"tier\"",
+        ),
+        (
+            "a_metric_without_prefix / on (route) raster_edge_requests_total",
+            "not a metric",
+        ),
         // a value the gateway never sets
-        ("rate(raster_edge_cache_lookups_total{result=\"hits\"}[5m])", "never sets \"hits\""),
-        ("rate(raster_edge_cache_evictions_total{cause=~\"size|capacity\"}[5m])", "never sets \"capacity\""),
-        ("raster_edge_requests_total{status=\"500\"}", "never sets \"500\""),
+        (
+            "rate(raster_edge_cache_lookups_total{result=\"hits\"}[5m])",
+            "never sets \"hits\"",
+        ),
+        (
+            "rate(raster_edge_cache_evictions_total{cause=~\"size|capacity\"}[5m])",
+            "never sets \"capacity\"",
+        ),
+        (
+            "raster_edge_requests_total{status=\"500\"}",
+            "never sets \"500\"",
+        ),
         // a recording rule nobody records
         ("job:raster_edge_requests:rate1m > 1", "no recording rule"),
         ("{job=\"raster-edge\"}", "without a metric name"),
@@ -731,7 +790,8 @@ fn help_texts_yield_label_values() {
         &labels,
     );
     assert_eq!(
-        v.get("result").map(|s| s.iter().map(String::as_str).collect::<Vec<_>>()),
+        v.get("result")
+            .map(|s| s.iter().map(String::as_str).collect::<Vec<_>>()),
         Some(vec!["hit", "miss", "stale"])
     );
     assert!(!v.contains_key("route"));
