@@ -22,7 +22,6 @@ K8S_VERSIONS=(1.30.0 1.37.0)
 SYSTEMD_EXPOSURE_MAX=20
 
 work="$(mktemp -d)"
-chmod 0755 "$work"   # apt-get download runs as _apt and writes here
 trap 'rm -rf "$work"' EXIT
 
 tools="${RASTER_EDGE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/raster-edge-deploy-tools}"
