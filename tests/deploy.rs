@@ -341,12 +341,10 @@ impl Walk {
                     if let Some(matching) = &m.matching {
                         self.modifier(matching);
                     }
-                    match &m.card {
-                        VectorMatchCardinality::ManyToOne(l)
-                        | VectorMatchCardinality::OneToMany(l) => {
-                            self.grouping.extend(l.labels.iter().cloned())
-                        }
-                        _ => {}
+                    if let VectorMatchCardinality::ManyToOne(l)
+                    | VectorMatchCardinality::OneToMany(l) = &m.card
+                    {
+                        self.grouping.extend(l.labels.iter().cloned());
                     }
                 }
                 self.visit(&b.lhs);
@@ -358,7 +356,7 @@ impl Walk {
             Expr::MatrixSelector(ms) => self.selector(&ms.vs),
             Expr::Call(c) => {
                 if matches!(c.func.name, "label_replace" | "label_join") {
-                    if let Some(Expr::StringLiteral(s)) = c.args.args.get(1).map(|a| &**a) {
+                    if let Some(Expr::StringLiteral(s)) = c.args.args.get(1).map(Box::as_ref) {
                         self.made_labels.insert(s.val.clone());
                     }
                 }
