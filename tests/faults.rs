@@ -162,7 +162,8 @@ async fn serve(
         let _ = s.set_linger(Some(Duration::ZERO));
         drop(s);
     };
-    let cut_head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+    let cut_head =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
     match fault {
         Fault::ResetMidHeaders => {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: appl").await;
@@ -330,15 +331,17 @@ const ROWS: &[Row] = &[
 ];
 
 /// One GET with `demo-read`, the body read to the end.
-async fn get(
-    edge: &InProcess,
-    path: &str,
-) -> (Seen, String, reqwest::header::HeaderMap) {
+async fn get(edge: &InProcess, path: &str) -> (Seen, String, reqwest::header::HeaderMap) {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let r = match c.get(edge.url(path)).headers(auth("demo-read")).send().await {
+    let r = match c
+        .get(edge.url(path))
+        .headers(auth("demo-read"))
+        .send()
+        .await
+    {
         Ok(r) => r,
         Err(e) => panic!("GET {path}: no response head at all: {e}"),
     };
@@ -401,7 +404,12 @@ async fn test_fault_matrix() {
         origin.set_healthy(true);
         let (seen, body, h) = get(&edge, PATH).await;
         if row.may_store {
-            assert_eq!(origin.requests(), faulty, "{}: follow-up is a hit", row.name);
+            assert_eq!(
+                origin.requests(),
+                faulty,
+                "{}: follow-up is a hit",
+                row.name
+            );
             assert_eq!(header(&h, "x-cache"), "HIT", "{}", row.name);
         } else {
             assert_eq!(seen, Seen::Answer(200, String::new()), "{}", row.name);
@@ -438,7 +446,11 @@ async fn test_fault_5xx_storm_with_stale_entry() {
         assert_eq!(b, body, "the stale body, whole");
         assert_eq!(header(&h, "x-cache"), "STALE", "storm request {i}");
     }
-    assert_eq!(origin.requests(), 11, "every storm request asked the origin");
+    assert_eq!(
+        origin.requests(),
+        11,
+        "every storm request asked the origin"
+    );
     origin.set_healthy(true);
     let (seen, b, h) = get(&edge, PATH).await;
     assert_eq!(seen, Seen::Answer(200, String::new()));
@@ -499,7 +511,11 @@ async fn test_fault_client_aborts_mid_response() {
     for w in waiters {
         let (status, x, body) = w.await.expect("waiter");
         assert_eq!(status, 200);
-        assert_eq!(body, good_body(size), "waiter got the whole body (x-cache {x})");
+        assert_eq!(
+            body,
+            good_body(size),
+            "waiter got the whole body (x-cache {x})"
+        );
     }
     // The aborted fetch is abandoned with its client: pingora-proxy 0.9 keeps filling the
     // cache after the client went away only when the storage can serve a miss while it fills
@@ -579,7 +595,10 @@ async fn test_fault_redis_killed_stalled_restarted_mid_traffic() {
         }
     };
     let mut total = traffic("redis up").await;
-    assert!(dbsize(&redis.url()).await > 0, "the limiter decided in Redis");
+    assert!(
+        dbsize(&redis.url()).await > 0,
+        "the limiter decided in Redis"
+    );
     redis.proc.kill();
     total += traffic("redis killed").await;
     let redis = common::Redis::start_on(port);
@@ -591,7 +610,10 @@ async fn test_fault_redis_killed_stalled_restarted_mid_traffic() {
     // The limiter is back on the restarted (empty) Redis.
     let back = Instant::now();
     while dbsize(&redis.url()).await == 0 {
-        assert!(back.elapsed() < Duration::from_secs(10), "never reconnected");
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "never reconnected"
+        );
         total += traffic("reconnecting").await;
     }
     assert!(total > 20, "traffic flowed: {total}");
@@ -604,7 +626,10 @@ async fn dbsize(url: &str) -> i64 {
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection");
-    redis::cmd("DBSIZE").query_async(&mut c).await.expect("DBSIZE")
+    redis::cmd("DBSIZE")
+        .query_async(&mut c)
+        .await
+        .expect("DBSIZE")
 }
 
 /// Slowloris: 300 connections that never finish their request head hold no worker: normal
