@@ -486,12 +486,14 @@ async fn test_fault_client_aborts_mid_response() {
                 .await
                 .expect("head");
             let mut r = r;
-            // Take one chunk, then go away with the rest unread.
+            // Take one chunk, then go away with the rest unread while the waiters wait (the
+            // origin sends the rest at 500 ms).
             let _ = r.chunk().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             drop(r);
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let waiters: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
@@ -594,11 +596,13 @@ async fn test_fault_redis_killed_stalled_restarted_mid_traffic() {
             n
         }
     };
-    let mut total = traffic("redis up").await;
-    assert!(
-        dbsize(&redis.url()).await > 0,
-        "the limiter decided in Redis"
-    );
+    // The limiter connects in the background: traffic until it decides in Redis.
+    let mut total = 0;
+    let up = Instant::now();
+    while dbsize(&redis.url()).await == 0 {
+        assert!(up.elapsed() < Duration::from_secs(10), "never connected");
+        total += traffic("redis up").await;
+    }
     redis.proc.kill();
     total += traffic("redis killed").await;
     let redis = common::Redis::start_on(port);
