@@ -29,6 +29,10 @@ SLACK_MIB = 64  # allocator, runtimes, connection buffers, rate-limit tables, lo
 ORG = "/organizations/monogram-labs"
 BCN = f"{ORG}/libraries/barcelona"
 VERSION = "2026-05-20"
+# ERROR lines that are not failures, counted apart: pingora-core 0.9.1 logs this at ERROR when
+# a pooled upstream connection is still referenced by its idle watcher (`Arc::try_unwrap` fails
+# in `TransportConnector::reused_stream`); the request then opens a new upstream connection.
+BENIGN = ["pingora_core::connectors: failed to acquire reusable stream"]
 procs: list[subprocess.Popen] = []
 
 
@@ -203,6 +207,8 @@ key_ids = {json.dumps(ids)}
     code = edge.wait(timeout=30)
     log.seek(0)
     errors = [l for l in log.read().splitlines() if " ERROR " in l or '"level":"ERROR"' in l]
+    benign = [l for l in errors if any(b in l for b in BENIGN)]
+    errors = [l for l in errors if l not in benign]
     bound = rss0 + CACHE_MIB + SLACK_MIB
     peak = max(r for _, r in samples)
     print(json.dumps({
@@ -212,6 +218,7 @@ key_ids = {json.dumps(ids)}
         "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak, 1),
         "rss_end_mib": round(samples[-1][1], 1), "rss_bound_mib": round(bound, 1),
         "unexpected": bad[:20], "unexpected_count": len(bad), "log_errors": errors[:20],
+        "log_benign_errors": len(benign),
         "exit_code": code,
     }, indent=2))
     ok = peak <= bound and not bad and not errors and code == 0
