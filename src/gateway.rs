@@ -382,6 +382,7 @@ impl ProxyHttp for Gateway {
             // spawned it was already counted.
             return Ok(());
         }
+        response::close_when_draining(session);
         ctx.cache_status = self.cache.response_filter(
             session,
             resp,

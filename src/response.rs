@@ -18,6 +18,16 @@ pub fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<
     Ok(())
 }
 
+/// Once shutdown has begun, every response says `Connection: close`: a keep-alive client then
+/// opens its next connection elsewhere instead of writing a request onto a connection the
+/// draining process is about to drop (Pingora closes idle keep-alive connections at shutdown,
+/// and a request already on its way is lost with them).
+pub fn close_when_draining(session: &mut Session) {
+    if session.is_process_shutting_down() {
+        session.set_keepalive(None);
+    }
+}
+
 /// Decorates and writes a whole response the gateway made itself. `body` is `None` for a
 /// header-only response; HEAD requests never get one.
 pub async fn send(
@@ -27,6 +37,7 @@ pub async fn send(
     body: Option<Bytes>,
 ) -> pingora::Result<()> {
     decorate(&mut header, ctx)?;
+    close_when_draining(session);
     let body = body.filter(|_| session.req_header().method != http::Method::HEAD);
     session
         .write_response_header(Box::new(header), body.is_none())
