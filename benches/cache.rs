@@ -54,6 +54,7 @@ fn settings() -> CacheSettings {
         lock_timeout: Duration::from_secs(10),
         uncacheable_ttl: Duration::from_secs(30),
         fast_path: true,
+        targeted_cache_control: None,
         routes: routes(),
         invalidation: vec![],
     }

@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use http::Method;
 use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::calculate_expires_header_time;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheRoute, CacheSettings, Share};
 
+use super::directives::Directives;
 use super::key;
 use super::phase::{BypassReason, NoStoreReason};
 
@@ -23,12 +23,18 @@ use super::phase::{BypassReason, NoStoreReason};
 pub const STORABLE: &[u16] = &[200, 203, 204, 300, 301, 404, 405, 410, 414, 501];
 
 /// What a stored response is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freshness {
     /// Freshness left at storage time (lifetime minus the origin's `Age`).
     pub fresh: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// The origin's `Age` (RFC 9111 §5.1): where the stored response's age starts.
+    pub age: Duration,
+    /// Fields not to store (lowercase): `no-cache="…"` in both modes (they may not be sent
+    /// from storage without revalidation, and a stored copy that never has them is the
+    /// simplest way to honour that), `private="…"` in shared mode (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub strip: Vec<String>,
 }
 
 /// Is this request one the cache may answer or store? `Err` names why not.
@@ -62,11 +68,26 @@ fn has_validator(resp: &ResponseHeader) -> bool {
         || resp.headers.contains_key(http::header::LAST_MODIFIED)
 }
 
-fn header_secs(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<u64> {
-    resp.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+/// `Age` (RFC 9111 §5.1): the first member of the first line (`Age: 7200, 0` is 7200); an
+/// invalid value is ignored. Values past u32 saturate (the RFC's 2^31 rule, generously).
+pub fn age_value(resp: &ResponseHeader) -> Option<u64> {
+    let v = resp.headers.get(http::header::AGE)?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(first.parse::<u64>().unwrap_or(u64::from(u32::MAX)))
+}
+
+/// `Expires` (RFC 9111 §5.3): any of the three date formats of RFC 9110 §5.6.7 (httpdate
+/// parses all three); an invalid date, `0` included, means already expired.
+fn expires(resp: &ResponseHeader) -> Option<Option<SystemTime>> {
+    let v = resp.headers.get(http::header::EXPIRES)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok()),
+    )
 }
 
 fn date(resp: &ResponseHeader) -> Option<SystemTime> {
@@ -97,42 +118,44 @@ pub fn decide(
         return Err(NoStoreReason::VaryStar);
     }
     let shared = settings.share == Share::Shared;
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = Directives::of(resp, settings.targeted_cache_control.as_ref());
     let cc = cc.as_ref();
-    if cc.is_some_and(|c| c.no_store()) {
+    if cc.is_some_and(|c| c.no_store) {
         return Err(NoStoreReason::NoStore);
     }
-    if shared && cc.is_some_and(|c| c.private()) {
+    if shared && cc.is_some_and(|c| c.private) {
         return Err(NoStoreReason::Private);
     }
     // RFC 9111 §3.5: a shared cache stores responses to authenticated requests only when the
     // origin explicitly allows it. In per-key mode the cache is private to the key.
     if shared
         && req.headers.contains_key(http::header::AUTHORIZATION)
-        && !cc.is_some_and(|c| {
-            c.public() || matches!(c.s_maxage(), Ok(Some(_))) || c.must_revalidate()
-        })
+        && !cc.is_some_and(|c| c.public || c.s_maxage.is_some() || c.must_revalidate)
     {
         return Err(NoStoreReason::Authorization);
     }
 
     let s_maxage = if shared {
-        cc.and_then(|c| c.s_maxage().ok().flatten())
+        cc.and_then(|c| c.s_maxage)
     } else {
         None
     };
-    let max_age = cc.and_then(|c| c.max_age().ok().flatten());
+    let max_age = cc.and_then(|c| c.max_age);
     let mut origin: Option<Duration> = s_maxage
         .or(max_age)
         .map(|s| Duration::from_secs(u64::from(s)));
-    if origin.is_none() {
-        if let Some(expires) = calculate_expires_header_time(resp) {
+    if origin.is_none() && !cc.is_some_and(|c| c.targeted) {
+        if let Some(expires) = expires(resp) {
             // RFC 9111 §4.2.1: lifetime = Expires - Date (the origin's clock on both sides).
             let base = date(resp).unwrap_or(now);
-            origin = Some(expires.duration_since(base).unwrap_or_default());
+            origin = Some(
+                expires
+                    .and_then(|e| e.duration_since(base).ok())
+                    .unwrap_or_default(),
+            );
         }
     }
-    let no_cache = cc.is_some_and(|c| c.no_cache());
+    let no_cache = cc.is_some_and(|c| c.no_cache);
     if no_cache {
         // Stored, but every use must be validated first.
         origin = Some(Duration::ZERO);
@@ -152,7 +175,7 @@ pub fn decide(
             }
         }
     };
-    let age = Duration::from_secs(header_secs(resp, http::header::AGE).unwrap_or(0));
+    let age = Duration::from_secs(age_value(resp).unwrap_or(0));
     let fresh = lifetime.saturating_sub(age);
     if fresh.is_zero() && !(origin.is_some() && has_validator(resp)) {
         // Nothing to gain from storing: it would be stale at once and cannot be revalidated.
@@ -165,7 +188,7 @@ pub fn decide(
 
     // must-revalidate / no-cache (and proxy-revalidate for a shared cache) forbid serving stale.
     let no_stale =
-        no_cache || cc.is_some_and(|c| c.must_revalidate() || (shared && c.proxy_revalidate()));
+        no_cache || cc.is_some_and(|c| c.must_revalidate || (shared && c.proxy_revalidate));
     let pick = |origin_value: Option<u32>, route_value: Option<Duration>, global: Duration| {
         if no_stale {
             return Duration::ZERO;
@@ -175,15 +198,21 @@ pub fn decide(
             .or(route_value)
             .unwrap_or(global)
     };
+    let mut strip: Vec<String> = cc.map(|c| c.no_cache_fields.clone()).unwrap_or_default();
+    if shared {
+        strip.extend(cc.iter().flat_map(|c| c.private_fields.iter().cloned()));
+    }
     Ok(Freshness {
         fresh,
+        age,
+        strip,
         stale_while_revalidate: pick(
-            cc.and_then(|c| c.stale_while_revalidate().ok().flatten()),
+            cc.and_then(|c| c.stale_while_revalidate),
             route.and_then(|r| r.stale_while_revalidate),
             settings.stale_while_revalidate,
         ),
         stale_if_error: pick(
-            cc.and_then(|c| c.stale_if_error().ok().flatten()),
+            cc.and_then(|c| c.stale_if_error),
             route.and_then(|r| r.stale_if_error),
             settings.stale_if_error,
         ),
@@ -209,6 +238,9 @@ mod tests {
             lock_timeout: Duration::from_secs(5),
             uncacheable_ttl: Duration::from_secs(30),
             fast_path: true,
+            targeted_cache_control: Some(http::HeaderName::from_static(
+                "raster-edge-cache-control",
+            )),
             routes: vec![],
             invalidation: vec![],
         }
