@@ -55,6 +55,7 @@ fn settings() -> CacheSettings {
         uncacheable_ttl: Duration::from_secs(30),
         fast_path: true,
         targeted_cache_control: None,
+        store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
         routes: routes(),
         invalidation: vec![],
     }

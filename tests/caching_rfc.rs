@@ -171,7 +171,10 @@ async fn test_rfc_age_adds_the_origins_age_to_resident_time() {
         let g = get(&edge, "/aged").await;
         assert_eq!(g.x_cache(), "HIT");
         let age: u64 = g.h("age").parse().expect("Age is a number");
-        assert!((33..40).contains(&age), "Age {age} (fast_path = {fast_path})");
+        assert!(
+            (33..40).contains(&age),
+            "Age {age} (fast_path = {fast_path})"
+        );
         // Freshness counts the origin's Age too: 600 - 30 - 3 left.
         let ttl: i64 = g
             .h("cache-status")
@@ -234,7 +237,11 @@ async fn test_rfc_qualified_no_cache_and_private_fields_are_not_served_from_stor
     for (share, user_kept) in [("shared", false), ("per-key", true)] {
         let edge = gateway(&origin, share, "");
         let miss = get(&edge, "/fields").await;
-        assert_eq!(miss.h("x-secret"), "s", "the origin's own response is whole");
+        assert_eq!(
+            miss.h("x-secret"),
+            "s",
+            "the origin's own response is whole"
+        );
         let hit = get(&edge, "/fields").await;
         assert_eq!(hit.x_cache(), "HIT", "{share}");
         assert_eq!(hit.h("x-secret"), "", "{share}");
@@ -246,8 +253,7 @@ async fn test_rfc_qualified_no_cache_and_private_fields_are_not_served_from_stor
 
 #[tokio::test]
 async fn test_rfc_head_miss_is_forwarded_as_head_and_stores_nothing() {
-    let (origin, seen) =
-        revalidating_origin(&["etag: \"h1\"", "cache-control: max-age=60"], &[]);
+    let (origin, seen) = revalidating_origin(&["etag: \"h1\"", "cache-control: max-age=60"], &[]);
     let edge = gateway(&origin, "shared", "");
     let h = head(&edge, "/h").await;
     assert_eq!((h.status, h.body.as_str()), (200, ""));
@@ -310,7 +316,10 @@ async fn test_rfc_cdn_cache_control_overrides_cache_control() {
         ),
         (
             "/invalid-cdn",
-            &["cache-control: max-age=60", "cdn-cache-control: max-age=\"x"],
+            &[
+                "cache-control: max-age=60",
+                "cdn-cache-control: max-age=\"x",
+            ],
         ),
         (
             "/expires-ignored",
@@ -321,7 +330,10 @@ async fn test_rfc_cdn_cache_control_overrides_cache_control() {
         ),
         (
             "/cdn-private",
-            &["cache-control: public, max-age=60", "cdn-cache-control: private"],
+            &[
+                "cache-control: public, max-age=60",
+                "cdn-cache-control: private",
+            ],
         ),
     ]);
     let edge = gateway(&origin, "shared", "");
@@ -335,7 +347,12 @@ async fn test_rfc_cdn_cache_control_overrides_cache_control() {
     ] {
         let a = get(&edge, path).await;
         let b = get(&edge, path).await;
-        assert_eq!(b.x_cache() == "HIT", stored, "{path}: {}", b.h("cache-status"));
+        assert_eq!(
+            b.x_cache() == "HIT",
+            stored,
+            "{path}: {}",
+            b.h("cache-status")
+        );
         // Cache-Control goes to clients as the origin sent it.
         if path == "/cdn-stores" {
             assert_eq!(a.h("cache-control"), "no-store");
@@ -386,7 +403,12 @@ async fn test_rfc_expires_in_the_three_date_formats_and_invalid_dates() {
     ] {
         get(&edge, path).await;
         let g = get(&edge, path).await;
-        assert_eq!(g.x_cache() == "HIT", stored, "{path}: {}", g.h("cache-status"));
+        assert_eq!(
+            g.x_cache() == "HIT",
+            stored,
+            "{path}: {}",
+            g.h("cache-status")
+        );
     }
     assert_eq!(hits(&origin), 7);
 }
@@ -394,7 +416,10 @@ async fn test_rfc_expires_in_the_three_date_formats_and_invalid_dates() {
 #[tokio::test]
 async fn test_rfc_conflicting_max_age_is_stale() {
     let origin = per_path_origin(&[
-        ("/dup", &["cache-control: max-age=60", "cache-control: max-age=5"]),
+        (
+            "/dup",
+            &["cache-control: max-age=60", "cache-control: max-age=5"],
+        ),
         ("/same", &["cache-control: max-age=60, max-age=60"]),
     ]);
     let edge = gateway(&origin, "shared", "");
@@ -412,7 +437,11 @@ async fn test_rfc_unsafe_methods_invalidate_the_target_uri() {
         let line = request_line(head);
         if line.starts_with("GET") {
             g2.fetch_add(1, Ordering::SeqCst);
-            Some(response("200 OK", &lines(&["cache-control: max-age=60"]), "r"))
+            Some(response(
+                "200 OK",
+                &lines(&["cache-control: max-age=60"]),
+                "r",
+            ))
         } else {
             Some(response("204 No Content", &[], ""))
         }
@@ -424,4 +453,64 @@ async fn test_rfc_unsafe_methods_invalidate_the_target_uri() {
     assert_eq!(w.status, 204);
     assert_eq!(get(&edge, "/doc").await.x_cache(), "MISS");
     assert_eq!(gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn test_rfc_shared_mode_stores_statuses_with_explicit_freshness() {
+    let origin = RawOrigin::start(|head| {
+        let line = request_line(head);
+        Some(if line.contains("/moved") {
+            response(
+                "302 Found",
+                &lines(&["location: /elsewhere", "cache-control: max-age=60"]),
+                "",
+            )
+        } else {
+            response("302 Found", &lines(&["location: /elsewhere"]), "")
+        })
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let shared = gateway(&origin, "shared", "");
+    let per_key = gateway(&origin, "per-key", "");
+    for (edge, path, stored) in [
+        (&shared, "/moved", true),
+        (&shared, "/no-freshness", false),
+        (&per_key, "/moved", false),
+    ] {
+        send(client.get(edge.url(path))).await;
+        let g = send(client.get(edge.url(path))).await;
+        assert_eq!(g.status, 302);
+        assert_eq!(
+            g.x_cache() == "HIT",
+            stored,
+            "{path}: {}",
+            g.h("cache-status")
+        );
+    }
+    // Listed in cache.store_statuses: stored in per-key mode too.
+    let listed = gateway(&origin, "per-key", "store_statuses = [200, 302, 404]");
+    send(client.get(listed.url("/moved"))).await;
+    assert_eq!(
+        send(client.get(listed.url("/moved"))).await.x_cache(),
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn test_rfc_if_none_match_uses_weak_comparison() {
+    let origin = per_path_origin(&[("/w", &["etag: W/\"v1\"", "cache-control: max-age=60"])]);
+    let edge = gateway(&origin, "shared", "");
+    get(&edge, "/w").await;
+    for (inm, status) in [
+        ("\"v1\"", 304),
+        ("W/\"v1\"", 304),
+        ("\"other\", W/\"v1\"", 304),
+        ("\"v2\"", 200),
+    ] {
+        let g = send(client().get(edge.url("/w")).header("if-none-match", inm)).await;
+        assert_eq!((g.status, g.x_cache()), (status, "HIT"), "{inm}");
+    }
 }

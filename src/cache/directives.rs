@@ -194,7 +194,10 @@ mod tests {
             ("raster-edge-cache-control", "max-age=60, stale-if-error=5"),
         ]);
         let d = Directives::of(&r, Some(&target())).unwrap();
-        assert_eq!((d.max_age, d.stale_if_error, d.no_store), (Some(60), Some(5), false));
+        assert_eq!(
+            (d.max_age, d.stale_if_error, d.no_store),
+            (Some(60), Some(5), false)
+        );
         let d = Directives::of(&r, None).unwrap();
         assert_eq!((d.max_age, d.no_store, d.targeted), (Some(30), false, true));
     }
@@ -216,7 +219,10 @@ mod tests {
 
     #[test]
     fn qualified_no_cache_and_private_name_fields() {
-        let r = resp(&[("cache-control", "max-age=60, no-cache=\"x-a, X-B\", private=\"x-c\"")]);
+        let r = resp(&[(
+            "cache-control",
+            "max-age=60, no-cache=\"x-a, X-B\", private=\"x-c\"",
+        )]);
         let d = Directives::of(&r, None).unwrap();
         assert!(!d.no_cache && !d.private);
         assert_eq!(d.no_cache_fields, vec!["x-a", "x-b"]);
@@ -225,7 +231,10 @@ mod tests {
 
     #[test]
     fn duplicate_max_age_with_different_values_is_stale() {
-        let r = resp(&[("cache-control", "max-age=60"), ("cache-control", "max-age=10")]);
+        let r = resp(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=10"),
+        ]);
         assert_eq!(Directives::of(&r, None).unwrap().max_age, Some(0));
         let r = resp(&[("cache-control", "max-age=60, max-age=60")]);
         assert_eq!(Directives::of(&r, None).unwrap().max_age, Some(60));

@@ -18,9 +18,13 @@ use super::directives::Directives;
 use super::key;
 use super::phase::{BypassReason, NoStoreReason};
 
-/// Statuses a response may be stored with (RFC 9110 §15.1 heuristically cacheable, minus 206
-/// which needs range-aware storage, minus 308 which Raster never sends).
-pub const STORABLE: &[u16] = &[200, 203, 204, 300, 301, 404, 405, 410, 414, 501];
+/// Statuses pingora-cache and this store can serve from storage: a complete response, not a
+/// partial one (206) nor a validation (304). In `shared` mode a response with one of them and
+/// explicit freshness may be stored even when `cache.store_statuses` does not list it
+/// (RFC 9111 §3).
+fn understood(status: u16) -> bool {
+    (200..600).contains(&status) && !matches!(status, 206 | 304)
+}
 
 /// What a stored response is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +108,12 @@ pub fn decide(
     now: SystemTime,
 ) -> Result<Freshness, NoStoreReason> {
     let status = resp.status.as_u16();
-    if !STORABLE.contains(&status) {
+    let shared = settings.share == Share::Shared;
+    let cc = Directives::of(resp, settings.targeted_cache_control.as_ref());
+    let cc = cc.as_ref();
+    let explicit = cc.is_some_and(|c| c.max_age.is_some() || (shared && c.s_maxage.is_some()))
+        || (!cc.is_some_and(|c| c.targeted) && resp.headers.contains_key(http::header::EXPIRES));
+    if !settings.store_statuses.contains(&status) && !(shared && explicit && understood(status)) {
         return Err(if status >= 500 {
             NoStoreReason::UpstreamError
         } else {
@@ -117,9 +126,6 @@ pub fn decide(
     if key::vary_star(resp) {
         return Err(NoStoreReason::VaryStar);
     }
-    let shared = settings.share == Share::Shared;
-    let cc = Directives::of(resp, settings.targeted_cache_control.as_ref());
-    let cc = cc.as_ref();
     if cc.is_some_and(|c| c.no_store) {
         return Err(NoStoreReason::NoStore);
     }
@@ -238,6 +244,7 @@ mod tests {
             lock_timeout: Duration::from_secs(5),
             uncacheable_ttl: Duration::from_secs(30),
             fast_path: true,
+            store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
             targeted_cache_control: Some(http::HeaderName::from_static(
                 "raster-edge-cache-control",
             )),
@@ -378,6 +385,43 @@ mod tests {
             d(&s, Some(&r), &resp(200, &[("vary", "*")])),
             Err(NoStoreReason::VaryStar)
         );
+    }
+
+    #[test]
+    fn shared_mode_stores_any_understood_status_with_explicit_freshness() {
+        let per_key = settings(Share::PerKey);
+        let shared = settings(Share::Shared);
+        let fresh = [("cache-control", "public, max-age=30")];
+        for st in [302, 307, 308, 400, 500, 503] {
+            assert!(d(&shared, None, &resp(st, &fresh)).is_ok(), "{st}");
+            assert!(d(&per_key, None, &resp(st, &fresh)).is_err(), "{st}");
+            // Without explicit freshness, only the listed statuses.
+            assert!(d(&shared, None, &resp(st, &[("cache-control", "public")])).is_err());
+        }
+        for st in [206, 304] {
+            assert_eq!(
+                d(&shared, None, &resp(st, &fresh)),
+                Err(NoStoreReason::Status)
+            );
+        }
+        let mut listed = settings(Share::PerKey);
+        listed.store_statuses.push(302);
+        assert!(d(&listed, None, &resp(302, &fresh)).is_ok());
+    }
+
+    #[test]
+    fn list_valued_and_invalid_age() {
+        assert_eq!(age_value(&resp(200, &[("age", "7200, 0")])), Some(7200));
+        assert_eq!(age_value(&resp(200, &[("age", " 12 ")])), Some(12));
+        assert_eq!(age_value(&resp(200, &[("age", "-1")])), None);
+        assert_eq!(age_value(&resp(200, &[("age", "1.5")])), None);
+        assert_eq!(age_value(&resp(200, &[])), None);
+        let s = settings(Share::PerKey);
+        let r = resp(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+        );
+        assert_eq!(d(&s, None, &r), Err(NoStoreReason::StaleOnArrival));
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct CacheSettings {
     pub fast_path: bool,
     /// `cache.targeted_cache_control`, lowercased; `None` when empty.
     pub targeted_cache_control: Option<http::HeaderName>,
+    /// `cache.store_statuses`.
+    pub store_statuses: Vec<u16>,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
 }
@@ -495,6 +497,19 @@ impl TryFrom<file::CacheFile> for CacheSettings {
                 name => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     invalid("cache.targeted_cache_control", "not a header field name")
                 })?),
+            },
+            store_statuses: match f
+                .store_statuses
+                .iter()
+                .find(|s| !(200..600).contains(*s) || matches!(s, 206 | 304))
+            {
+                Some(s) => {
+                    return Err(invalid(
+                        "cache.store_statuses",
+                        format!("{s} is not a status a complete response can be stored with"),
+                    ))
+                }
+                None => f.store_statuses,
             },
             routes,
             invalidation,
