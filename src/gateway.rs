@@ -469,3 +469,20 @@ impl ProxyHttp for Gateway {
         access_log::record(session, e, ctx, self.settings.log.access_log);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unsafe_method_is_a_write() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(!is_write(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
+        for m in [
+            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "M-SEARCH", "PURGE", "LINK",
+        ] {
+            assert!(is_write(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
+    }
+}

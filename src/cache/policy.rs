@@ -4,7 +4,9 @@
 //! otherwise the first matching route rule gives the TTL and stale windows; otherwise 404/410
 //! get `negative_ttl` and a 200 gets `default_ttl`; a response with no freshness at all is not
 //! stored. pingora-cache's own `resp_cacheable` is not used: it refuses `private` outright and
-//! applies its default stale-if-error to every response (pitfalls 2 and 3), both wrong here.
+//! applies its default stale-if-error to every response, both wrong here (docs/ARCHITECTURE.md,
+//! workaround 2). The governing directives come from [`Directives::of`] (a targeted field,
+//! `CDN-Cache-Control`, then `Cache-Control`); docs/CACHING.md maps every directive and status.
 
 use std::time::{Duration, SystemTime};
 
@@ -113,7 +115,9 @@ pub fn decide(
     let cc = cc.as_ref();
     let explicit = cc.is_some_and(|c| c.max_age.is_some() || (shared && c.s_maxage.is_some()))
         || (!cc.is_some_and(|c| c.targeted) && resp.headers.contains_key(http::header::EXPIRES));
-    if !settings.store_statuses.contains(&status) && !(shared && explicit && understood(status)) {
+    let storable =
+        settings.store_statuses.contains(&status) || (shared && explicit && understood(status));
+    if !storable {
         return Err(if status >= 500 {
             NoStoreReason::UpstreamError
         } else {
