@@ -54,6 +54,8 @@ fn settings() -> CacheSettings {
         lock_timeout: Duration::from_secs(10),
         uncacheable_ttl: Duration::from_secs(30),
         fast_path: true,
+        targeted_cache_control: None,
+        store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
         routes: routes(),
         invalidation: vec![],
     }

@@ -131,10 +131,13 @@ async fn send_error(
     response::send(session, ctx, header, Some(body)).await
 }
 
+/// Any method not known to be safe (RFC 9110 §9.2.1), extension methods included: its
+/// non-error response invalidates the target URI and `Location` / `Content-Location`
+/// (RFC 9111 §4.4).
 fn is_write(m: &Method) -> bool {
-    matches!(
+    !matches!(
         *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
 }
 
@@ -327,10 +330,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        self.cache.upstream_request(session.req_header(), req);
         self.upstream.rewrite_request(req)?;
         if let Some(a) = ctx.admitted {
             if a.inject_key {
@@ -362,6 +366,8 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[ctx.route])
                 .observe(took.as_secs_f64());
         }
+        self.cache
+            .upstream_response(resp, ctx.upstream_time.unwrap_or_default(), &mut ctx.cache);
         self.upstream.rewrite_response(resp);
         Ok(())
     }
@@ -462,5 +468,22 @@ impl ProxyHttp for Gateway {
             return;
         }
         access_log::record(session, e, ctx, self.settings.log.access_log);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unsafe_method_is_a_write() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(!is_write(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
+        for m in [
+            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "M-SEARCH", "PURGE", "LINK",
+        ] {
+            assert!(is_write(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
     }
 }

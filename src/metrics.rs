@@ -86,6 +86,7 @@ label_values! {
         LockReleased => "lock-released",
         LockTimeout => "lock-timeout",
         Uncacheable => "uncacheable",
+        Head => "head",
     }
 }
 

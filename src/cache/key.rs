@@ -114,23 +114,90 @@ pub fn variance(
                 }
                 continue;
             }
-            // Several header lines of one name are joined, as RFC 9110 §5.3 allows.
-            let mut joined = Vec::new();
-            for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b", ");
-                }
-                joined.extend_from_slice(v.as_bytes());
-            }
-            vb.add_owned_name_value(name, joined);
+            let normal = normalise_selecting(&name, req);
+            vb.add_owned_name_value(name, normal);
         }
     }
     vb.finalize()
 }
 
+/// Selecting fields whose members are case-insensitive tokens and whose order carries no
+/// meaning (preference is in the `q` weights).
+const UNORDERED_CASELESS: &[&str] = &["accept-encoding", "accept-language", "accept-charset"];
+
+/// A selecting header's value in a normal form (RFC 9111 §4.1 allows normalising values known
+/// to have identical semantics), so trivially different requests share a variant: several
+/// lines are joined (RFC 9110 §5.3); members lose the whitespace around them and around `;`
+/// and `=`; for [`UNORDERED_CASELESS`] fields they are lowercased and sorted, for `Accept`
+/// sorted (media-type parameters can be case-sensitive). Other fields keep member order and
+/// case.
+fn normalise_selecting(name: &str, req: &RequestHeader) -> Vec<u8> {
+    let mut members: Vec<String> = Vec::new();
+    for v in req.headers.get_all(name) {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        for m in v.split(',') {
+            let m: String = m
+                .split(';')
+                .map(|p| p.split('=').map(str::trim).collect::<Vec<_>>().join("="))
+                .collect::<Vec<_>>()
+                .join(";");
+            if !m.is_empty() {
+                members.push(m);
+            }
+        }
+    }
+    if UNORDERED_CASELESS.contains(&name) {
+        members.iter_mut().for_each(|m| m.make_ascii_lowercase());
+        members.sort();
+    } else if name == "accept" {
+        members.sort();
+    }
+    members.join(",").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selecting_values_are_normalised() {
+        let req = |lines: &[(&'static str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (k, v) in lines {
+                r.append_header(*k, *v).unwrap();
+            }
+            r
+        };
+        let mut vary = ResponseHeader::build(200, None).unwrap();
+        vary.insert_header("vary", "Accept-Encoding, Accept-Language, X-Custom")
+            .unwrap();
+        let v = |r: &RequestHeader| variance(&vary, r, Partition::Shared);
+        let a = v(&req(&[
+            ("accept-encoding", "gzip, br;q=0.5"),
+            ("accept-language", "en-GB,fr"),
+            ("x-custom", "A, B"),
+        ]));
+        let b = v(&req(&[
+            ("accept-encoding", "BR ; q=0.5"),
+            ("accept-encoding", "GZIP"),
+            ("accept-language", "fr ,  EN-gb"),
+            ("x-custom", "A,B"),
+        ]));
+        assert_eq!(a, b);
+        // Order and case of an unknown field are kept.
+        let c = v(&req(&[
+            ("accept-encoding", "gzip, br;q=0.5"),
+            ("accept-language", "en-GB,fr"),
+            ("x-custom", "B, A"),
+        ]));
+        assert_ne!(a, c);
+        let d = v(&req(&[
+            ("accept-encoding", "gzip"),
+            ("accept-language", "en-GB,fr"),
+            ("x-custom", "A, B"),
+        ]));
+        assert_ne!(a, d);
+    }
 
     fn parts<'a>(pq: &'a str, v: &'a [u8], p: Partition, g: &'a [u64]) -> KeyParts<'a> {
         KeyParts {

@@ -19,6 +19,7 @@
 //! Every place where we work around pingora-cache, and why, is listed in
 //! `docs/ARCHITECTURE.md` ("Where we work around pingora-cache").
 
+pub mod directives;
 pub mod entry;
 pub mod fast_path;
 pub mod fleet;
@@ -180,6 +181,8 @@ impl Cache {
                 && policy::client_wants_revalidation(req),
             lookup: Lookup::NotYet,
             store: None,
+            revalidation: None,
+            upstream_delay: Duration::ZERO,
         })
     }
 
@@ -263,6 +266,25 @@ impl Cache {
         }
     }
 
+    /// In `upstream_request_filter`, after pingora-cache rewrote the request for a fill: a
+    /// HEAD goes to the origin as HEAD (RFC 9110 §9.3.2), not as the GET pingora makes of it.
+    /// Its response is never stored as the GET's (see [`Self::response_cache_filter`]).
+    pub fn upstream_request(&self, downstream: &RequestHeader, req: &mut RequestHeader) {
+        if downstream.method == http::Method::HEAD && req.method == http::Method::GET {
+            req.set_method(http::Method::HEAD);
+        }
+    }
+
+    /// In `upstream_response_filter`: remembers how long the origin took, and keeps a 304 so
+    /// the revalidated header can take every field it carries.
+    pub fn upstream_response(&self, resp: &ResponseHeader, took: Duration, ctx: &mut CacheCtx) {
+        let Some(p) = ctx.prepared_mut() else { return };
+        p.upstream_delay = took;
+        if resp.status == http::StatusCode::NOT_MODIFIED {
+            p.revalidation = Some(Box::new(resp.clone()));
+        }
+    }
+
     pub fn response_cache_filter(
         &self,
         req: &RequestHeader,
@@ -272,39 +294,67 @@ impl Cache {
         let Some(p) = ctx.prepared_mut() else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
+        let merged;
+        let resp = match p.revalidation.take() {
+            Some(not_modified) => {
+                merged = merge_not_modified(resp, &not_modified)?;
+                &merged
+            }
+            // A HEAD response has no body to store for the GET (a 304 to a HEAD revalidation
+            // does update the stored response, above).
+            None if req.method == http::Method::HEAD => {
+                return Ok(self.refuse(p, NoStoreReason::Head));
+            }
+            None => resp,
+        };
         let route = p.route.and_then(|i| self.settings.routes.get(i));
         let now = SystemTime::now();
         match policy::decide(&self.settings, route, req, resp, now) {
             Ok(f) => {
                 p.store = Some(StoreDecision::Store);
-                let fresh_until = if f.fresh.is_zero() {
+                // RFC 9111 §4.2.3: corrected initial age = the origin's Age + response delay
+                // (whole seconds, as Age counts). The origin's Date is not used for an
+                // apparent age: its one-second resolution would age every response by up to
+                // a second, and a skewed origin clock would age everything.
+                let delay = Duration::from_secs(p.upstream_delay.as_secs());
+                let initial_age = f.age + delay;
+                let fresh = f.fresh.saturating_sub(delay);
+                let fresh_until = if fresh.is_zero() {
                     // Stored only to be revalidated: stale from the start.
                     now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
                 } else {
-                    now + f.fresh
+                    now + fresh
                 };
                 let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
                 let mut header = resp.clone();
                 header.remove_header(&http::header::CONNECTION);
-                Ok(RespCacheable::Cacheable(CacheMeta::new(
+                for name in &f.strip {
+                    header.remove_header(name.as_str());
+                }
+                let mut meta = CacheMeta::new(
                     fresh_until,
                     now,
                     secs(f.stale_while_revalidate),
                     secs(f.stale_if_error),
                     header,
-                )))
+                );
+                if !initial_age.is_zero() {
+                    // Age counts from the epoch: both readers add the resident time to it.
+                    meta.set_epoch_override(now.checked_sub(initial_age).unwrap_or(now));
+                }
+                Ok(RespCacheable::Cacheable(meta))
             }
-            Err(reason) => {
-                p.store = Some(StoreDecision::Refuse(reason));
-                METRICS
-                    .cache_store_rejections
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
-                    reason.as_str(),
-                )))
-            }
+            Err(reason) => Ok(self.refuse(p, reason)),
         }
+    }
+
+    fn refuse(&self, p: &mut Prepared, reason: NoStoreReason) -> RespCacheable {
+        p.store = Some(StoreDecision::Refuse(reason));
+        METRICS
+            .cache_store_rejections
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str()))
     }
 
     pub fn cache_vary_filter(
@@ -481,6 +531,56 @@ impl Cache {
                 .for_each(|u| self.publish(fleet::Bump::Url(u)));
         }
     }
+}
+
+/// Fields a 304 never replaces in the stored response (RFC 9111 §3.2): the framing of the
+/// stored body, and the hop-by-hop fields that are never stored (§3.1).
+const NOT_UPDATED_BY_304: &[&str] = &[
+    "content-length",
+    "content-range",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+];
+
+/// The stored header updated by a 304 (RFC 9111 §3.2, §4.3.4): every field the 304 carries
+/// replaces the stored one, unknown and `X-`/`Content-` fields included, except
+/// [`NOT_UPDATED_BY_304`] and the fields its `Connection` names. pingora-cache's own merge
+/// (`revalidate_merge_header`, which made `stored`) copies only five fields. A stored `Age`
+/// the 304 does not repeat is dropped: the age restarts from the 304.
+fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> pingora::Result<ResponseHeader> {
+    let connection: Vec<String> = not_modified
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = stored.clone();
+    if !not_modified.headers.contains_key(http::header::AGE) {
+        out.remove_header(&http::header::AGE);
+    }
+    for name in not_modified.headers.keys() {
+        let n = name.as_str();
+        if NOT_UPDATED_BY_304.contains(&n) || connection.iter().any(|c| c == n) {
+            continue;
+        }
+        out.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            out.append_header(name.clone(), v.clone())?;
+        }
+    }
+    Ok(out)
 }
 
 fn disabled_reason(reason: NoCacheReason) -> NoStoreReason {

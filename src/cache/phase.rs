@@ -7,6 +7,10 @@
 //! The reasons are enums whose `as_str()` is the `Cache-Status` detail and the metric label
 //! value, so no code compares reason strings.
 
+use std::time::Duration;
+
+use pingora::http::ResponseHeader;
+
 use super::key::Partition;
 
 /// Why a request does not use the cache at all.
@@ -47,7 +51,11 @@ impl NoStoreReason {
     pub fn predicts_next(self) -> bool {
         !matches!(
             self,
-            Self::UpstreamError | Self::LockReleased | Self::LockTimeout | Self::Truncated
+            Self::UpstreamError
+                | Self::LockReleased
+                | Self::LockTimeout
+                | Self::Truncated
+                | Self::Head
         )
     }
 }
@@ -101,6 +109,11 @@ pub struct Prepared {
     pub force_revalidate: bool,
     pub lookup: Lookup,
     pub store: Option<StoreDecision>,
+    /// The origin's 304, kept from `upstream_response_filter` until the revalidated header is
+    /// built (pingora-cache merges only a few of its fields).
+    pub revalidation: Option<Box<ResponseHeader>>,
+    /// Time the request spent upstream (RFC 9111 §4.2.3 `response_delay`).
+    pub upstream_delay: Duration,
 }
 
 /// The cache's state for one request.

@@ -4,31 +4,43 @@
 //! otherwise the first matching route rule gives the TTL and stale windows; otherwise 404/410
 //! get `negative_ttl` and a 200 gets `default_ttl`; a response with no freshness at all is not
 //! stored. pingora-cache's own `resp_cacheable` is not used: it refuses `private` outright and
-//! applies its default stale-if-error to every response (pitfalls 2 and 3), both wrong here.
+//! applies its default stale-if-error to every response, both wrong here (docs/ARCHITECTURE.md,
+//! workaround 2). The governing directives come from [`Directives::of`] (a targeted field,
+//! `CDN-Cache-Control`, then `Cache-Control`); docs/CACHING.md maps every directive and status.
 
 use std::time::{Duration, SystemTime};
 
 use http::Method;
 use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::calculate_expires_header_time;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheRoute, CacheSettings, Share};
 
+use super::directives::Directives;
 use super::key;
 use super::phase::{BypassReason, NoStoreReason};
 
-/// Statuses a response may be stored with (RFC 9110 §15.1 heuristically cacheable, minus 206
-/// which needs range-aware storage, minus 308 which Raster never sends).
-pub const STORABLE: &[u16] = &[200, 203, 204, 300, 301, 404, 405, 410, 414, 501];
+/// Statuses pingora-cache and this store can serve from storage: a complete response, not a
+/// partial one (206) nor a validation (304). In `shared` mode a response with one of them and
+/// explicit freshness may be stored even when `cache.store_statuses` does not list it
+/// (RFC 9111 §3).
+fn understood(status: u16) -> bool {
+    (200..600).contains(&status) && !matches!(status, 206 | 304)
+}
 
 /// What a stored response is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freshness {
     /// Freshness left at storage time (lifetime minus the origin's `Age`).
     pub fresh: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// The origin's `Age` (RFC 9111 §5.1): where the stored response's age starts.
+    pub age: Duration,
+    /// Fields not to store (lowercase): `no-cache="…"` in both modes (they may not be sent
+    /// from storage without revalidation, and a stored copy that never has them is the
+    /// simplest way to honour that), `private="…"` in shared mode (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub strip: Vec<String>,
 }
 
 /// Is this request one the cache may answer or store? `Err` names why not.
@@ -62,11 +74,26 @@ fn has_validator(resp: &ResponseHeader) -> bool {
         || resp.headers.contains_key(http::header::LAST_MODIFIED)
 }
 
-fn header_secs(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<u64> {
-    resp.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+/// `Age` (RFC 9111 §5.1): the first member of the first line (`Age: 7200, 0` is 7200); an
+/// invalid value is ignored. Values past u32 saturate (the RFC's 2^31 rule, generously).
+pub fn age_value(resp: &ResponseHeader) -> Option<u64> {
+    let v = resp.headers.get(http::header::AGE)?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(first.parse::<u64>().unwrap_or(u64::from(u32::MAX)))
+}
+
+/// `Expires` (RFC 9111 §5.3): any of the three date formats of RFC 9110 §5.6.7 (httpdate
+/// parses all three); an invalid date, `0` included, means already expired.
+fn expires(resp: &ResponseHeader) -> Option<Option<SystemTime>> {
+    let v = resp.headers.get(http::header::EXPIRES)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok()),
+    )
 }
 
 fn date(resp: &ResponseHeader) -> Option<SystemTime> {
@@ -83,7 +110,14 @@ pub fn decide(
     now: SystemTime,
 ) -> Result<Freshness, NoStoreReason> {
     let status = resp.status.as_u16();
-    if !STORABLE.contains(&status) {
+    let shared = settings.share == Share::Shared;
+    let cc = Directives::of(resp, settings.targeted_cache_control.as_ref());
+    let cc = cc.as_ref();
+    let explicit = cc.is_some_and(|c| c.max_age.is_some() || (shared && c.s_maxage.is_some()))
+        || (!cc.is_some_and(|c| c.targeted) && resp.headers.contains_key(http::header::EXPIRES));
+    let storable =
+        settings.store_statuses.contains(&status) || (shared && explicit && understood(status));
+    if !storable {
         return Err(if status >= 500 {
             NoStoreReason::UpstreamError
         } else {
@@ -96,43 +130,42 @@ pub fn decide(
     if key::vary_star(resp) {
         return Err(NoStoreReason::VaryStar);
     }
-    let shared = settings.share == Share::Shared;
-    let cc = CacheControl::from_resp_headers(resp);
-    let cc = cc.as_ref();
-    if cc.is_some_and(|c| c.no_store()) {
+    if cc.is_some_and(|c| c.no_store) {
         return Err(NoStoreReason::NoStore);
     }
-    if shared && cc.is_some_and(|c| c.private()) {
+    if shared && cc.is_some_and(|c| c.private) {
         return Err(NoStoreReason::Private);
     }
     // RFC 9111 §3.5: a shared cache stores responses to authenticated requests only when the
     // origin explicitly allows it. In per-key mode the cache is private to the key.
     if shared
         && req.headers.contains_key(http::header::AUTHORIZATION)
-        && !cc.is_some_and(|c| {
-            c.public() || matches!(c.s_maxage(), Ok(Some(_))) || c.must_revalidate()
-        })
+        && !cc.is_some_and(|c| c.public || c.s_maxage.is_some() || c.must_revalidate)
     {
         return Err(NoStoreReason::Authorization);
     }
 
     let s_maxage = if shared {
-        cc.and_then(|c| c.s_maxage().ok().flatten())
+        cc.and_then(|c| c.s_maxage)
     } else {
         None
     };
-    let max_age = cc.and_then(|c| c.max_age().ok().flatten());
+    let max_age = cc.and_then(|c| c.max_age);
     let mut origin: Option<Duration> = s_maxage
         .or(max_age)
         .map(|s| Duration::from_secs(u64::from(s)));
-    if origin.is_none() {
-        if let Some(expires) = calculate_expires_header_time(resp) {
+    if origin.is_none() && !cc.is_some_and(|c| c.targeted) {
+        if let Some(expires) = expires(resp) {
             // RFC 9111 §4.2.1: lifetime = Expires - Date (the origin's clock on both sides).
             let base = date(resp).unwrap_or(now);
-            origin = Some(expires.duration_since(base).unwrap_or_default());
+            origin = Some(
+                expires
+                    .and_then(|e| e.duration_since(base).ok())
+                    .unwrap_or_default(),
+            );
         }
     }
-    let no_cache = cc.is_some_and(|c| c.no_cache());
+    let no_cache = cc.is_some_and(|c| c.no_cache);
     if no_cache {
         // Stored, but every use must be validated first.
         origin = Some(Duration::ZERO);
@@ -152,7 +185,7 @@ pub fn decide(
             }
         }
     };
-    let age = Duration::from_secs(header_secs(resp, http::header::AGE).unwrap_or(0));
+    let age = Duration::from_secs(age_value(resp).unwrap_or(0));
     let fresh = lifetime.saturating_sub(age);
     if fresh.is_zero() && !(origin.is_some() && has_validator(resp)) {
         // Nothing to gain from storing: it would be stale at once and cannot be revalidated.
@@ -165,7 +198,7 @@ pub fn decide(
 
     // must-revalidate / no-cache (and proxy-revalidate for a shared cache) forbid serving stale.
     let no_stale =
-        no_cache || cc.is_some_and(|c| c.must_revalidate() || (shared && c.proxy_revalidate()));
+        no_cache || cc.is_some_and(|c| c.must_revalidate || (shared && c.proxy_revalidate));
     let pick = |origin_value: Option<u32>, route_value: Option<Duration>, global: Duration| {
         if no_stale {
             return Duration::ZERO;
@@ -175,15 +208,21 @@ pub fn decide(
             .or(route_value)
             .unwrap_or(global)
     };
+    let mut strip: Vec<String> = cc.map(|c| c.no_cache_fields.clone()).unwrap_or_default();
+    if shared {
+        strip.extend(cc.iter().flat_map(|c| c.private_fields.iter().cloned()));
+    }
     Ok(Freshness {
         fresh,
+        age,
+        strip,
         stale_while_revalidate: pick(
-            cc.and_then(|c| c.stale_while_revalidate().ok().flatten()),
+            cc.and_then(|c| c.stale_while_revalidate),
             route.and_then(|r| r.stale_while_revalidate),
             settings.stale_while_revalidate,
         ),
         stale_if_error: pick(
-            cc.and_then(|c| c.stale_if_error().ok().flatten()),
+            cc.and_then(|c| c.stale_if_error),
             route.and_then(|r| r.stale_if_error),
             settings.stale_if_error,
         ),
@@ -209,6 +248,10 @@ mod tests {
             lock_timeout: Duration::from_secs(5),
             uncacheable_ttl: Duration::from_secs(30),
             fast_path: true,
+            store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
+            targeted_cache_control: Some(http::HeaderName::from_static(
+                "raster-edge-cache-control",
+            )),
             routes: vec![],
             invalidation: vec![],
         }
@@ -346,6 +389,43 @@ mod tests {
             d(&s, Some(&r), &resp(200, &[("vary", "*")])),
             Err(NoStoreReason::VaryStar)
         );
+    }
+
+    #[test]
+    fn shared_mode_stores_any_understood_status_with_explicit_freshness() {
+        let per_key = settings(Share::PerKey);
+        let shared = settings(Share::Shared);
+        let fresh = [("cache-control", "public, max-age=30")];
+        for st in [302, 307, 308, 400, 500, 503] {
+            assert!(d(&shared, None, &resp(st, &fresh)).is_ok(), "{st}");
+            assert!(d(&per_key, None, &resp(st, &fresh)).is_err(), "{st}");
+            // Without explicit freshness, only the listed statuses.
+            assert!(d(&shared, None, &resp(st, &[("cache-control", "public")])).is_err());
+        }
+        for st in [206, 304] {
+            assert_eq!(
+                d(&shared, None, &resp(st, &fresh)),
+                Err(NoStoreReason::Status)
+            );
+        }
+        let mut listed = settings(Share::PerKey);
+        listed.store_statuses.push(302);
+        assert!(d(&listed, None, &resp(302, &fresh)).is_ok());
+    }
+
+    #[test]
+    fn list_valued_and_invalid_age() {
+        assert_eq!(age_value(&resp(200, &[("age", "7200, 0")])), Some(7200));
+        assert_eq!(age_value(&resp(200, &[("age", " 12 ")])), Some(12));
+        assert_eq!(age_value(&resp(200, &[("age", "-1")])), None);
+        assert_eq!(age_value(&resp(200, &[("age", "1.5")])), None);
+        assert_eq!(age_value(&resp(200, &[])), None);
+        let s = settings(Share::PerKey);
+        let r = resp(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+        );
+        assert_eq!(d(&s, None, &r), Err(NoStoreReason::StaleOnArrival));
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct CacheFile {
     pub uncacheable_ttl: String,
     /// Answer fresh hits in `request_filter`, ahead of pingora-cache's state machine.
     pub fast_path: bool,
+    /// A targeted cache-control field (RFC 9213) that governs this cache ahead of
+    /// `CDN-Cache-Control` and `Cache-Control`; empty for none.
+    pub targeted_cache_control: String,
+    /// Statuses a response may be stored with (in `shared` mode, any complete status with
+    /// explicit freshness may be stored too).
+    pub store_statuses: Vec<u16>,
     pub routes: Vec<CacheRouteFile>,
     /// An empty list means no rules; only an absent key takes the embedded default's.
     pub invalidation: Vec<InvalidationRuleFile>,

@@ -125,6 +125,10 @@ pub struct CacheSettings {
     pub lock_timeout: Duration,
     pub uncacheable_ttl: Duration,
     pub fast_path: bool,
+    /// `cache.targeted_cache_control`, lowercased; `None` when empty.
+    pub targeted_cache_control: Option<http::HeaderName>,
+    /// `cache.store_statuses`.
+    pub store_statuses: Vec<u16>,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
 }
@@ -488,6 +492,25 @@ impl TryFrom<file::CacheFile> for CacheSettings {
             lock_timeout: duration("cache.lock_timeout", &f.lock_timeout)?,
             uncacheable_ttl: duration("cache.uncacheable_ttl", &f.uncacheable_ttl)?,
             fast_path: f.fast_path,
+            targeted_cache_control: match f.targeted_cache_control.trim() {
+                "" => None,
+                name => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid("cache.targeted_cache_control", "not a header field name")
+                })?),
+            },
+            store_statuses: match f
+                .store_statuses
+                .iter()
+                .find(|s| !(200..600).contains(*s) || matches!(s, 206 | 304))
+            {
+                Some(s) => {
+                    return Err(invalid(
+                        "cache.store_statuses",
+                        format!("{s} is not a status a complete response can be stored with"),
+                    ))
+                }
+                None => f.store_statuses,
+            },
             routes,
             invalidation,
         })
