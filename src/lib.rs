@@ -25,4 +25,5 @@ pub mod ratelimit;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod upstream;
