@@ -29,7 +29,12 @@ pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: 
         .request_duration
         .with_label_values(&[ctx.route, cache])
         .observe(elapsed.as_secs_f64());
-    STATS.record(ctx.route, ctx.cache_status, ctx.rate.as_ref(), ctx.upstream_time);
+    STATS.record(
+        ctx.route,
+        ctx.cache_status,
+        ctx.rate.as_ref(),
+        ctx.upstream_time,
+    );
 
     if !log_line {
         return;

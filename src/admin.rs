@@ -26,9 +26,9 @@ use pingora::services::background::BackgroundService;
 use subtle::ConstantTimeEq;
 
 use crate::cache::{Cache, PurgeTarget};
+use crate::config::Settings;
 use crate::edge::bearer_token;
 use crate::errors::envelope;
-use crate::config::Settings;
 use crate::metrics::{self, InvalidationReason, METRICS};
 use crate::upstream::Upstream;
 

@@ -36,8 +36,8 @@ const TIER_SLOTS: usize = 64;
 /// Upper bounds (milliseconds) of the upstream latency histogram's buckets, 1-2-5 steps; the
 /// last bucket takes everything slower.
 pub const LATENCY_BOUNDS_MS: &[f64] = &[
-    0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0,
-    5_000.0, 10_000.0, 30_000.0,
+    0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0, 5_000.0,
+    10_000.0, 30_000.0,
 ];
 const LATENCY_BUCKETS: usize = 18;
 const _: () = assert!(LATENCY_BOUNDS_MS.len() + 1 == LATENCY_BUCKETS);
@@ -425,7 +425,12 @@ mod tests {
         };
         s.record("assets", CacheStatus::Hit, None, None);
         s.record("assets", CacheStatus::Hit, None, None);
-        s.record("assets", CacheStatus::Miss, None, Some(Duration::from_millis(3)));
+        s.record(
+            "assets",
+            CacheStatus::Miss,
+            None,
+            Some(Duration::from_millis(3)),
+        );
         s.record("assets", CacheStatus::Bypass, Some(&d), None);
         let v = s.snapshot();
         let a = &v["routes"]["assets"];

@@ -230,7 +230,11 @@ async fn test_stats_move_after_traffic() {
     let me_hits = n(d, "/routes/me/cache/hit");
     let me_misses = n(d, "/routes/me/cache/miss");
     assert_eq!(me_hits + me_misses, READS);
-    assert!(me_misses >= 1 && me_hits >= READS - 2, "{}", d["routes"]["me"]);
+    assert!(
+        me_misses >= 1 && me_hits >= READS - 2,
+        "{}",
+        d["routes"]["me"]
+    );
     let ratio = d["routes"]["me"]["hit_ratio"].as_f64().expect("hit ratio");
     assert!((ratio - me_hits as f64 / READS as f64).abs() < 0.01);
     assert!(d["requests"]["req_per_sec"].as_f64().unwrap() > 0.0);

@@ -103,7 +103,11 @@ async fn test_status_page_loads_in_chromium_and_numbers_move() {
     let edge = Edge::start(&mock.url(), &toml);
 
     // The page needs the token (header or query) once one is configured.
-    let page = client().get(edge.admin_url("/")).send().await.expect("page");
+    let page = client()
+        .get(edge.admin_url("/"))
+        .send()
+        .await
+        .expect("page");
     assert_eq!(page.status().as_u16(), 401);
     let wrong = client()
         .get(edge.admin_url("/?token=wrong"))

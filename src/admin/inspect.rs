@@ -62,7 +62,9 @@ impl EntryQuery {
         if !url.starts_with('/') {
             return Err(bad("url is a path and query starting with '/'"));
         }
-        let (p, q) = url.split_once('?').map_or((&*url, None), |(p, q)| (p, Some(q)));
+        let (p, q) = url
+            .split_once('?')
+            .map_or((&*url, None), |(p, q)| (p, Some(q)));
         let p = path::normalize(p).map_err(|why| bad(format!("url: {why}")))?;
         let url = match q {
             Some(q) => format!("{p}?{q}"),
@@ -238,9 +240,8 @@ pub fn stats(cache: &Cache, settings: Option<&Settings>) -> Value {
     let evictions = counter_by(&METRICS.cache_evictions, "cause");
     let redis_errors: u64 = counter_by(&METRICS.redis_errors, "kind").values().sum();
     let fallback = METRICS.ratelimit_fallback_active.get() != 0;
-    let redis_ratelimit = settings.is_some_and(|s| {
-        s.rate_limit.enabled && matches!(s.rate_limit.backend, Backend::Redis)
-    });
+    let redis_ratelimit = settings
+        .is_some_and(|s| s.rate_limit.enabled && matches!(s.rate_limit.backend, Backend::Redis));
     let redis_fleet = settings.is_some_and(|s| s.redis.invalidation && s.cache.enabled);
     let redis_state = match (redis_ratelimit || redis_fleet, fallback) {
         (false, _) => "not used",
