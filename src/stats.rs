@@ -141,9 +141,12 @@ impl Ring {
     }
 }
 
+/// One claimed table slot: a name and its value.
+type Named<T> = OnceLock<(Box<str>, T)>;
+
 /// Fixed-size name → value table, lock-free to read; names past its size share [`OVERFLOW`].
 struct Table<T> {
-    slots: Box<[OnceLock<(Box<str>, T)>]>,
+    slots: Box<[Named<T>]>,
     overflow: T,
 }
 
