@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages raster-edge needs on a Debian machine with a Rust toolchain:
 # cmake (pingora-core builds zlib-ng with it), ca-certificates (upstream TLS verification) and,
-# with --test, redis-server (the tests start their own) and openssl (a TLS origin in tests). Installs only what is missing.
+# with --test, redis-server (the tests start their own), openssl (a TLS origin in tests) and
+# chromium (the status page is tested in a headless browser). Installs only what is missing.
 set -euo pipefail
 
 want=()
@@ -10,6 +11,7 @@ command -v cmake >/dev/null 2>&1 || want+=(cmake)
 if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
   command -v openssl >/dev/null 2>&1 || want+=(openssl)
+  [ -x /usr/bin/chromium ] || want+=(chromium)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 

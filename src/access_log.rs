@@ -8,6 +8,7 @@ use pingora::Error;
 use crate::ctx::RequestCtx;
 use crate::metrics::{method_label, status_class, METRICS};
 use crate::routes::path_only;
+use crate::stats::STATS;
 
 pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: bool) {
     let req = session.req_header();
@@ -28,6 +29,12 @@ pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: 
         .request_duration
         .with_label_values(&[ctx.route, cache])
         .observe(elapsed.as_secs_f64());
+    STATS.record(
+        ctx.route,
+        ctx.cache_status,
+        ctx.rate.as_ref(),
+        ctx.upstream_time,
+    );
 
     if !log_line {
         return;

@@ -3,6 +3,14 @@
 //! `/metrics` (Prometheus text), and
 //! `POST /admin/purge` (bearer admin token, compared in constant time) that invalidates a scope
 //! or a URL for every key. None of these paths is reachable through the proxy port.
+//!
+//! Inspection ([`inspect`]): `GET /admin/cache?url=…&key_id=…` (admin token: it tells what one
+//! key has stored), `GET /admin/stats` (aggregates, like `/metrics`) and the status page at
+//! `GET /` that polls it. The last two need the admin token only when one is configured; the
+//! page also takes it as `?token=`, since a browser cannot send a bearer header when it
+//! navigates (the page then sends it as a header and drops it from the address bar).
+
+pub mod inspect;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +26,7 @@ use pingora::services::background::BackgroundService;
 use subtle::ConstantTimeEq;
 
 use crate::cache::{Cache, PurgeTarget};
+use crate::config::Settings;
 use crate::edge::bearer_token;
 use crate::errors::envelope;
 use crate::metrics::{self, InvalidationReason, METRICS};
@@ -31,6 +40,8 @@ pub struct Admin {
     cache: &'static Cache,
     ready: Arc<AtomicBool>,
     upstream: Option<Arc<Upstream>>,
+    /// For `/admin/cache` (the pinned Api-Version) and `/admin/stats` (what Redis is used for).
+    settings: Option<Arc<Settings>>,
 }
 
 impl Admin {
@@ -40,7 +51,14 @@ impl Admin {
             cache,
             ready,
             upstream: None,
+            settings: None,
         }
+    }
+
+    /// `/admin/cache` keys with the pinned `edge.api_version`; `/admin/stats` reports Redis use.
+    pub fn with_settings(mut self, settings: Arc<Settings>) -> Self {
+        self.settings = Some(settings);
+        self
     }
 
     /// `/readyz` also requires the upstream name to have an address.
@@ -114,6 +132,103 @@ impl Admin {
     }
 }
 
+/// The status page: plain HTML and one inline script, no external resources.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+impl Admin {
+    /// The admin token if one is configured, from the bearer header or (for the page a browser
+    /// navigates to) the `token` query parameter; open when no token is configured.
+    fn authorized_if_configured(&self, session: &ServerSession, query_token: bool) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        if self.authorized(session) {
+            return true;
+        }
+        query_token
+            && session.req_header().uri.query().is_some_and(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .filter(|(k, _)| k == "token")
+                    .any(|(_, v)| bool::from(v.as_bytes().ct_eq(expected.as_bytes())))
+            })
+    }
+
+    fn unauthorized(&self) -> Response<Vec<u8>> {
+        let msg = if self.token.is_some() {
+            "missing or wrong admin token; send \"Authorization: Bearer <admin token>\""
+        } else {
+            "no admin token is configured (admin.token or admin.token_file)"
+        };
+        json(
+            StatusCode::UNAUTHORIZED,
+            envelope("UNAUTHENTICATED", msg).to_vec(),
+        )
+    }
+
+    fn cache_entry(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return self.unauthorized();
+        }
+        let pinned = self
+            .settings
+            .as_ref()
+            .and_then(|s| s.edge.api_version.as_deref());
+        let answer = inspect::EntryQuery::parse(session.req_header().uri.query())
+            .and_then(|q| inspect::cache_entry(self.cache, &q, pinned));
+        match answer {
+            Ok(v) => json(
+                StatusCode::OK,
+                serde_json::json!({ "data": v }).to_string().into_bytes(),
+            ),
+            Err((status, code, msg)) => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                envelope(code, &msg).to_vec(),
+            ),
+        }
+    }
+
+    fn stats(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized_if_configured(session, false) {
+            return self.unauthorized();
+        }
+        let v = inspect::stats(self.cache, self.settings.as_deref());
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "data": v }).to_string().into_bytes(),
+        )
+    }
+
+    fn status_page(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized_if_configured(session, true) {
+            return self.unauthorized();
+        }
+        let mut r = response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            STATUS_PAGE.as_bytes().to_vec(),
+        );
+        let h = r.headers_mut();
+        // Nothing but this page's own inline script and style, and fetches to this listener.
+        h.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        );
+        // The token may be in the page's URL: never send it on.
+        h.insert(
+            http::header::REFERRER_POLICY,
+            http::HeaderValue::from_static("no-referrer"),
+        );
+        h.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        );
+        r
+    }
+}
+
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     response(status, "application/json", body)
 }
@@ -166,6 +281,13 @@ impl ServeHttp for Admin {
                 metrics::render(),
             ),
             (Method::POST, "/admin/purge") => self.purge(session).await,
+            (Method::GET | Method::HEAD, "/") => self.status_page(session),
+            (Method::GET | Method::HEAD, "/admin/cache") => self.cache_entry(session),
+            (Method::GET | Method::HEAD, "/admin/stats") => self.stats(session),
+            (_, "/" | "/admin/cache" | "/admin/stats") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                envelope("METHOD_NOT_ALLOWED", "method not allowed on this path").to_vec(),
+            ),
             (_, "/healthz" | "/readyz" | "/metrics" | "/admin/purge") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 envelope("METHOD_NOT_ALLOWED", "method not allowed on this path").to_vec(),

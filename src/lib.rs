@@ -7,7 +7,8 @@
 //! on every response) → [`access_log`] and [`metrics`]. [`gateway`] is the `ProxyHttp` impl
 //! that strings these together, one hook per step; docs/ARCHITECTURE.md walks through it.
 //! [`config`] turns the TOML file into validated [`config::Settings`]; [`server`] builds the
-//! Pingora server from them; [`admin`] serves health, metrics and purge on a separate listener.
+//! Pingora server from them; [`admin`] serves health, metrics, purge, cache inspection, live [`stats`] and a status page
+//! on a separate listener.
 //!
 //! The Raster API simulator is not part of this library: it lives in the `raster-mock` binary's
 //! own module tree (`src/bin/raster-mock/`), so the gateway never links it.
@@ -25,4 +26,5 @@ pub mod ratelimit;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod upstream;

@@ -208,7 +208,9 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
         "raster-edge admin".to_string(),
-        Admin::new(settings.admin.token.clone(), cache, ready.clone()).with_upstream(upstream),
+        Admin::new(settings.admin.token.clone(), cache, ready.clone())
+            .with_upstream(upstream)
+            .with_settings(settings.clone()),
     );
     admin_service.add_tcp(&settings.listen.admin.to_string());
 

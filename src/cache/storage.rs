@@ -160,6 +160,11 @@ impl MokaStorage {
         self.totals.bytes.load(Ordering::Acquire)
     }
 
+    /// The weight bound (`cache.max_memory`).
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory
+    }
+
     pub fn entries(&self) -> i64 {
         self.totals.entries.load(Ordering::Acquire)
     }
