@@ -110,12 +110,32 @@ fn render(t: &PathPattern, caps: &Captures<'_>, body: Option<&serde_json::Value>
         match v {
             Some(v) if plain_segment(v) => {
                 out.push('/');
-                out.push_str(v);
+                if matches!(p, Piece::Body(_)) {
+                    // A body field is data, not path text: the library `%2E%2E` is read at
+                    // `/libraries/%252E%252E`, and must not become `..` when the scope is
+                    // normalised (found by the `write_body` fuzz target's property).
+                    push_segment_encoded(&mut out, v);
+                } else {
+                    out.push_str(v);
+                }
             }
             _ => return Rendered::Tree(if out.is_empty() { "/".into() } else { out }),
         }
     }
     Rendered::Scope(if out.is_empty() { "/".into() } else { out })
+}
+
+/// Appends `v` as one path segment: unreserved characters, sub-delims, `:` and `@` as they
+/// are (RFC 3986 `pchar`), every other byte (`%` included) as an upper-case `%XX` escape, which
+/// is the spelling the edge's path canonicaliser leaves in a read's path.
+fn push_segment_encoded(out: &mut String, v: &str) {
+    for &b in v.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
 }
 
 /// Normalises a path to `/a/b` form (no empty segments, no trailing slash, percent-encoded
@@ -497,6 +517,30 @@ mod tests {
             .scopes
             .contains(&"/organizations/o/libraries/lisbon".to_string()));
         assert_ne!(gens(&i, LIS), l);
+    }
+
+    #[test]
+    fn body_fields_are_encoded_as_one_segment() {
+        // Fuzz regression (write_body): `%2E%2E` in a body rendered a scope that normalised to
+        // `/organizations/o/libraries/..`, which no read can have.
+        let i = inv();
+        let odd = "/organizations/o/libraries/%252E%252E/assets";
+        let (l, o) = (gens(&i, LIS), gens(&i, odd));
+        let w = i.on_write(
+            &Method::POST,
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            "/organizations/o/libraries/barcelona/assets/transfer",
+            Some(br#"{"targetLibraryId":"%2E%2E"}"#),
+            &[],
+        );
+        assert!(w
+            .scopes
+            .contains(&"/organizations/o/libraries/%252E%252E".to_string()));
+        assert_ne!(gens(&i, odd), o, "the library named %2E%2E is invalidated");
+        assert_eq!(gens(&i, LIS), l, "no other library is");
+        for s in &w.scopes {
+            assert!(normalize(s).split('/').all(|seg| seg != ".." && seg != "."));
+        }
     }
 
     #[test]
