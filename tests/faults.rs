@@ -201,7 +201,7 @@ async fn serve(
             let _ = s.write_all(good_head(body.len()).as_bytes()).await;
             let _ = s.write_all(a).await;
             let _ = s.flush().await;
-            tokio::time::sleep(Duration::from_millis(1000)).await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
             let _ = s.write_all(b).await;
             let _ = s.shutdown().await;
         }
