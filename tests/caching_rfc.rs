@@ -1000,3 +1000,35 @@ async fn test_rfc_range_on_a_response_over_max_object_size() {
 async fn ranged_get(edge: &impl Target, path: &str) -> Got {
     send(client().get(edge.url(path)).header("range", "bytes=0-3")).await
 }
+
+#[tokio::test]
+async fn test_rfc_a_response_stored_without_date_gets_its_time_of_receipt() {
+    // RFC 9110 §6.6.1: the cache records when it received a response without Date. Seen here
+    // through If-Range: a Last-Modified is a strong validator only with a Date a second or
+    // more after it, so without the recorded Date the range would not be served.
+    let origin = RawOrigin::start(|_| {
+        Some(response(
+            "200 OK",
+            &lines(&[
+                "cache-control: max-age=60",
+                "last-modified: Tue, 01 Dec 2026 10:00:00 GMT",
+            ]),
+            RANGED_BODY,
+        ))
+    });
+    for fast_path in [true, false] {
+        let edge = gateway(&origin, "shared", &format!("fast_path = {fast_path}"));
+        get(&edge, "/no-date").await;
+        let g = send(
+            client()
+                .get(edge.url("/no-date"))
+                .header("range", "bytes=0-3")
+                .header("if-range", LAST_MODIFIED),
+        )
+        .await;
+        assert_eq!(
+            (g.status, g.body.as_str(), g.x_cache()),
+            (206, "0123", "HIT")
+        );
+    }
+}
