@@ -1032,3 +1032,32 @@ async fn test_rfc_a_response_stored_without_date_gets_its_time_of_receipt() {
         );
     }
 }
+
+#[tokio::test]
+async fn test_rfc_request_no_store_does_not_refresh_a_stale_entry() {
+    let (origin, _) = revalidating_origin(
+        &[
+            "etag: \"s1\"",
+            "cache-control: max-age=1, stale-while-revalidate=60",
+        ],
+        &["etag: \"s1\"", "cache-control: max-age=60"],
+    );
+    let edge = gateway(&origin, "shared", "honor_client_no_cache = true");
+    get(&edge, "/ns-stale").await;
+    edge.age(Duration::from_secs(2));
+    // no-store: nothing of the response is stored, a 304's update included. The request takes
+    // no cache lock, so it revalidates itself instead of a background refresh.
+    let g = get_cc(&edge, "/ns-stale", "no-store").await;
+    assert_eq!(
+        (g.x_cache(), g.body.as_str()),
+        ("REVALIDATED", "stored body")
+    );
+    assert!(
+        g.h("cache-status").contains("fwd-status=304"),
+        "{}",
+        g.h("cache-status")
+    );
+    // Still stale for the next request, which serves it stale and refreshes it.
+    let g = get(&edge, "/ns-stale").await;
+    assert_eq!(g.x_cache(), "STALE", "{}", g.h("cache-status"));
+}
