@@ -1061,3 +1061,27 @@ async fn test_rfc_request_no_store_does_not_refresh_a_stale_entry() {
     let g = get(&edge, "/ns-stale").await;
     assert_eq!(g.x_cache(), "STALE", "{}", g.h("cache-status"));
 }
+
+#[tokio::test]
+async fn test_rfc_must_understand_overrides_no_store() {
+    let origin = per_path_origin(&[
+        (
+            "/mu",
+            &["cache-control: max-age=60, no-store, must-understand"],
+        ),
+        ("/ns", &["cache-control: max-age=60, no-store"]),
+    ]);
+    for share in ["shared", "per-key"] {
+        let edge = gateway(&origin, share, "");
+        for (path, stored) in [("/mu", true), ("/ns", false)] {
+            get(&edge, path).await;
+            let g = get(&edge, path).await;
+            assert_eq!(
+                g.x_cache() == "HIT",
+                stored,
+                "{share} {path}: {}",
+                g.h("cache-status")
+            );
+        }
+    }
+}

@@ -23,6 +23,9 @@ pub struct Directives {
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): store only a status the cache understands, and
+    /// then `no-store` does not apply.
+    pub must_understand: bool,
     pub max_age: Option<u32>,
     pub s_maxage: Option<u32>,
     pub stale_while_revalidate: Option<u32>,
@@ -95,6 +98,7 @@ pub fn from_targeted(resp: &ResponseHeader, name: &HeaderName) -> Option<Directi
             "public" => d.public |= on,
             "must-revalidate" => d.must_revalidate |= on,
             "proxy-revalidate" => d.proxy_revalidate |= on,
+            "must-understand" => d.must_understand |= on,
             "no-cache" => match v {
                 BareItem::String(s) => d.no_cache_fields = field_list(s),
                 _ => d.no_cache |= on,
@@ -137,6 +141,7 @@ fn from_cache_control(resp: &ResponseHeader) -> Option<Directives> {
         public: cc.public(),
         must_revalidate: cc.must_revalidate(),
         proxy_revalidate: cc.proxy_revalidate(),
+        must_understand: cc.has_key("must-understand"),
         max_age,
         s_maxage: cc.s_maxage().ok().flatten(),
         stale_while_revalidate: cc.stale_while_revalidate().ok().flatten(),

@@ -192,7 +192,13 @@ pub fn decide(
     if key::vary_star(resp) {
         return Err(NoStoreReason::VaryStar);
     }
-    if cc.is_some_and(|c| c.no_store) {
+    // RFC 9111 §5.2.2.3: with must-understand, a status this cache understands is stored
+    // whatever no-store says (it is there for caches that do not); any other is not.
+    let must_understand = cc.is_some_and(|c| c.must_understand);
+    if must_understand && !understood(status) {
+        return Err(NoStoreReason::Status);
+    }
+    if cc.is_some_and(|c| c.no_store) && !must_understand {
         return Err(NoStoreReason::NoStore);
     }
     if shared && cc.is_some_and(|c| c.private) {
@@ -590,5 +596,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.fresh, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_for_understood_statuses() {
+        let s = settings(Share::Shared);
+        let mu = |st: u16| {
+            d(
+                &s,
+                None,
+                &resp(
+                    st,
+                    &[(
+                        "cache-control",
+                        "max-age=60, public, no-store, must-understand",
+                    )],
+                ),
+            )
+        };
+        assert!(mu(200).is_ok());
+        assert!(mu(302).is_ok());
+        assert_eq!(mu(206), Err(NoStoreReason::Status));
+        assert_eq!(
+            d(
+                &s,
+                None,
+                &resp(200, &[("cache-control", "max-age=60, public, no-store")])
+            ),
+            Err(NoStoreReason::NoStore)
+        );
     }
 }
