@@ -97,6 +97,7 @@ label_values! {
         Location => "location",
         Purge => "purge",
         Fleet => "fleet",
+        Graphql => "graphql",
     }
 }
 

@@ -24,6 +24,8 @@ pub enum BypassReason {
     Range,
     /// Answered before the cache step (edge refusal, rate limit, reserved path).
     Unadmitted,
+    /// Raster's GraphQL endpoint: never served from or stored in the REST cache.
+    Graphql,
 }
 
 impl BypassReason {
@@ -33,6 +35,7 @@ impl BypassReason {
             Self::Method => "method",
             Self::Range => "range",
             Self::Unadmitted => "unadmitted",
+            Self::Graphql => "graphql",
         }
     }
 }
