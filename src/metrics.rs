@@ -98,6 +98,7 @@ label_values! {
         Location => "location",
         Purge => "purge",
         Fleet => "fleet",
+        Graphql => "graphql",
     }
 }
 

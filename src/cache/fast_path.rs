@@ -18,6 +18,7 @@ use pingora::protocols::http::conditional_filter::to_304;
 
 use super::entry::Entry;
 use super::{key, Cache, FreshHit, Outcome, Prepared};
+use crate::compression::Accepted;
 
 /// The stored entry this request would be served, if it is fresh.
 fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<Entry>> {
@@ -72,6 +73,15 @@ pub fn fresh_hit(
         to_304(&mut header);
     }
     let header_only = not_modified || req.method == http::Method::HEAD || entry.body.is_empty();
+    // The stored coding, as this client may have it (decoded for one that does not accept it).
+    let Some(body) = cache.compression.serve_stored(
+        &mut header,
+        (!header_only).then(|| entry.body.clone()),
+        &Accepted::parse(req),
+    )?
+    else {
+        return Ok(None);
+    };
     let outcome = Outcome::Hit {
         ttl: entry.ttl(now),
         collapsed: false,
@@ -79,7 +89,7 @@ pub fn fresh_hit(
     let status = cache.finish_headers(&mut header, &outcome, Some(entry.age(now)), route_label)?;
     Ok(Some(FreshHit {
         header,
-        body: (!header_only).then(|| entry.body.clone()),
+        body,
         status,
     }))
 }

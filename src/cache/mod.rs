@@ -45,7 +45,8 @@ use pingora::cache::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-use crate::config::{CacheSettings, Share, UpstreamSettings};
+use crate::compression::Compression;
+use crate::config::{CacheSettings, CompressionSettings, Share, UpstreamSettings};
 use crate::edge::{Admitted, Principal};
 use crate::metrics::{InvalidationReason, METRICS};
 
@@ -75,10 +76,16 @@ pub struct Cache {
     invalidation: Invalidation,
     /// Publishes local invalidations to the fleet (`redis.invalidation`).
     fleet: Option<fleet::Publisher>,
+    /// Content codings: the stored coding, and what every reader serves from it.
+    compression: Compression,
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings, upstream: &UpstreamSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &CacheSettings,
+        upstream: &UpstreamSettings,
+        compression: &CompressionSettings,
+    ) -> anyhow::Result<Self> {
         // Everything pingora-cache is handed must be 'static; the cache lives as long as the
         // process, so these are leaked once at start.
         let storage: &'static MokaStorage = Box::leak(Box::new(MokaStorage::new(
@@ -101,6 +108,7 @@ impl Cache {
             predictor,
             invalidation: Invalidation::new(&settings.invalidation)?,
             fleet: None,
+            compression: Compression::new(compression),
         })
     }
 
@@ -138,6 +146,10 @@ impl Cache {
 
     pub fn invalidation(&self) -> &Invalidation {
         &self.invalidation
+    }
+
+    pub fn compression(&self) -> &Compression {
+        &self.compression
     }
 
     /// Step 1 (in `request_filter`, once the edge admitted the request): is this request the
@@ -434,6 +446,7 @@ impl Cache {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let mut header = resp.clone();
         header.remove_header(&http::header::CONNECTION);
+        self.compression.store_header(&mut header)?;
         for name in &f.strip {
             header.remove_header(name.as_str());
         }
@@ -668,6 +681,22 @@ impl Cache {
             .invalidation
             .on_write(&req.method, path, pq, body, &locations);
         tracing::debug!(?bumped, "write invalidated");
+        self.publish_bumped(bumped);
+    }
+
+    /// A successful GraphQL mutation (2xx; a GraphQL error answer may still have applied part
+    /// of a mutation, so the response body is not consulted): invalidates what it may have
+    /// changed, for every key ([`Invalidation::on_graphql`]).
+    pub fn after_graphql(&self, w: &invalidation::GraphqlWrite<'_>) {
+        if !self.settings.enabled {
+            return;
+        }
+        let bumped = self.invalidation.on_graphql(w);
+        tracing::debug!(?bumped, "graphql mutation invalidated");
+        self.publish_bumped(bumped);
+    }
+
+    fn publish_bumped(&self, bumped: invalidation::Bumped) {
         if self.fleet.is_some() {
             let invalidation::Bumped {
                 scopes,

@@ -26,6 +26,8 @@ pub enum BypassReason {
     Precondition,
     /// Answered before the cache step (edge refusal, rate limit, reserved path).
     Unadmitted,
+    /// Raster's GraphQL endpoint: never served from or stored in the REST cache.
+    Graphql,
 }
 
 impl BypassReason {
@@ -35,6 +37,7 @@ impl BypassReason {
             Self::Method => "method",
             Self::Precondition => "precondition",
             Self::Unadmitted => "unadmitted",
+            Self::Graphql => "graphql",
         }
     }
 }
