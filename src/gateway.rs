@@ -336,9 +336,10 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> RangeType {
-        self.cache.range_header_filter(session.req_header(), resp)
+        self.cache
+            .range_header_filter(session.req_header(), resp, &ctx.accepted)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {

@@ -323,12 +323,20 @@ impl Cache {
     }
 
     /// `range_header_filter`: a Range request on a stored (or being stored) complete response
-    /// ([`range`]).
+    /// ([`range`]). A stored body in a coding this client does not accept is decoded for it
+    /// on the way out ([`crate::compression`]), so the stored bytes are not the representation
+    /// it gets: then the whole response is sent (a server may ignore `Range`).
     pub fn range_header_filter(
         &self,
         req: &RequestHeader,
         resp: &mut ResponseHeader,
+        client: &crate::compression::Accepted,
     ) -> pingora::proxy::RangeType {
+        if let crate::compression::Coded::Known(coding) = crate::compression::content_coding(resp) {
+            if !client.accepts(coding) {
+                return pingora::proxy::RangeType::None;
+            }
+        }
         range::header_filter(req, resp)
     }
 
