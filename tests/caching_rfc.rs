@@ -1088,7 +1088,7 @@ async fn test_rfc_must_understand_overrides_no_store() {
 
 #[tokio::test]
 async fn test_rfc_range_on_a_body_stored_compressed() {
-    // Over compression.min_size: stored gzip-coded (docs/COMPRESSION.md).
+    // Over compression.min_size: stored gzip-coded (src/compression.rs).
     let body: String = (0..2048)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
