@@ -16,7 +16,7 @@ use http::Method;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
@@ -297,7 +297,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.cache.request_cache_filter(session, &ctx.cache)
+        self.cache.request_cache_filter(session, &mut ctx.cache)
     }
 
     fn cache_key_callback(
@@ -311,12 +311,34 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        self.cache.cache_hit_filter(session, &mut ctx.cache)
+        self.cache
+            .cache_hit_filter(session, meta, is_fresh, &mut ctx.cache)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        Ok(crate::cache::conditional::not_modified(
+            session.req_header(),
+            resp,
+        ))
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        self.cache.range_header_filter(session.req_header(), resp)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
@@ -330,7 +352,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<RespCacheable> {
         self.cache
-            .response_cache_filter(session.req_header(), resp, &mut ctx.cache)
+            .response_cache_filter(session, resp, &mut ctx.cache)
     }
 
     fn cache_vary_filter(
@@ -356,6 +378,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        // only-if-cached: nothing stored could answer (a background refresh is the cache's own).
+        if !ctx.subrequest && self.cache.only_if_cached(&ctx.cache) {
+            ctx.error = Some(GatewayError::NotCached);
+            send_error(session, ctx, GatewayError::NotCached).await?;
+            return Ok(false);
+        }
         // Rate limit, when only upstream-bound requests count (cache hits never get here).
         if self.counts(Count::Upstream) && self.rate_limit(session, ctx).await? {
             return Ok(false);
@@ -378,7 +406,7 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.cache.upstream_request(session.req_header(), req);
+        self.cache.upstream_request(&*session, &ctx.cache, req)?;
         self.upstream.rewrite_request(req)?;
         let storable = ctx.cache.prepared().is_some();
         if let Some(ae) = self

@@ -87,6 +87,7 @@ label_values! {
         LockTimeout => "lock-timeout",
         Uncacheable => "uncacheable",
         Head => "head",
+        RequestNoStore => "request-no-store",
     }
 }
 

@@ -118,6 +118,14 @@ pub struct CacheFile {
     /// Statuses a response may be stored with (in `shared` mode, any complete status with
     /// explicit freshness may be stored too).
     pub store_statuses: Vec<u16>,
+    /// Heuristic freshness in `shared` mode (RFC 9111 §4.2.2): this percentage of the time
+    /// since `Last-Modified` (0 = none).
+    pub heuristic_percent: u32,
+    /// The most heuristic freshness a response gets.
+    pub heuristic_max_ttl: String,
+    /// On a miss with nothing stored to revalidate, send the client's own `If-None-Match` /
+    /// `If-Modified-Since` to the origin (a 304 then stores nothing).
+    pub forward_conditional_misses: bool,
     pub routes: Vec<CacheRouteFile>,
     /// An empty list means no rules; only an absent key takes the embedded default's.
     pub invalidation: Vec<InvalidationRuleFile>,

@@ -131,6 +131,12 @@ pub struct CacheSettings {
     pub targeted_cache_control: Option<http::HeaderName>,
     /// `cache.store_statuses`.
     pub store_statuses: Vec<u16>,
+    /// `cache.heuristic_percent` (0..=100; 0 = no heuristic freshness).
+    pub heuristic_percent: u32,
+    /// `cache.heuristic_max_ttl`.
+    pub heuristic_max_ttl: Duration,
+    /// `cache.forward_conditional_misses`.
+    pub forward_conditional_misses: bool,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
 }
@@ -513,6 +519,12 @@ impl TryFrom<file::CacheFile> for CacheSettings {
                 }
                 None => f.store_statuses,
             },
+            heuristic_percent: match f.heuristic_percent {
+                p @ 0..=100 => p,
+                _ => return Err(invalid("cache.heuristic_percent", "a percentage, 0 to 100")),
+            },
+            heuristic_max_ttl: duration("cache.heuristic_max_ttl", &f.heuristic_max_ttl)?,
+            forward_conditional_misses: f.forward_conditional_misses,
             routes,
             invalidation,
         })
