@@ -28,6 +28,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::CompressionSettings;
 
+/// Kept in a stored header the gateway compressed: the identity body's length, so that a
+/// decoded hit carries a `Content-Length` from every reader. Never sent to a client.
+pub const DECODED_LENGTH: &str = "raster-edge-decoded-length";
+
 /// A content coding this gateway reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -289,6 +293,9 @@ impl Step {
                 w.write_all(input)?;
                 if end {
                     w.try_finish()?;
+                } else {
+                    // flate2 keeps the last write's output until the next call.
+                    w.flush()?;
                 }
                 Ok(std::mem::take(w.get_mut()))
             }
@@ -296,6 +303,9 @@ impl Step {
                 w.write_all(input)?;
                 if end {
                     w.try_finish()?;
+                } else {
+                    // flate2 keeps the last write's output until the next call.
+                    w.flush()?;
                 }
                 Ok(std::mem::take(w.get_mut()))
             }
@@ -313,6 +323,8 @@ impl Step {
                 w.write_all(input)?;
                 if end {
                     w.close()?;
+                } else {
+                    w.flush()?;
                 }
                 Ok(std::mem::take(w.get_mut()))
             }
@@ -325,9 +337,7 @@ impl Step {
             }
             Step::ZstdDec(w) => {
                 w.write_all(input)?;
-                if end {
-                    w.flush()?;
-                }
+                w.flush()?;
                 Ok(std::mem::take(w.get_mut()))
             }
         }
@@ -345,10 +355,17 @@ pub struct Transform {
     /// Whether any body came through: a response that ends without one (a 304 or a HEAD
     /// served from a coded entry) has nothing to decode.
     seen: bool,
+    /// The coded body's length, when known (a stored body): the body ends when that much came
+    /// through. pingora's stale-serving path never calls the body filter with end-of-stream,
+    /// so a stream that waited for it would never finish.
+    expect: Option<usize>,
+    consumed: usize,
 }
 
 impl Transform {
     pub fn push(&mut self, input: &[u8], end: bool) -> std::io::Result<Bytes> {
+        self.consumed += input.len();
+        let end = end || self.expect.is_some_and(|n| self.consumed >= n);
         self.seen |= !input.is_empty();
         if !self.seen && self.decode.is_some() {
             return Ok(Bytes::new());
@@ -409,6 +426,15 @@ impl Compression {
         decode: Encoding,
         encode: Encoding,
     ) -> std::io::Result<Option<SyncTransform>> {
+        self.transform_sized(decode, encode, None)
+    }
+
+    fn transform_sized(
+        &self,
+        decode: Encoding,
+        encode: Encoding,
+        expect: Option<usize>,
+    ) -> std::io::Result<Option<SyncTransform>> {
         let decode = Step::decoder(decode)?;
         let encode = Step::encoder(encode, &self.s)?;
         if decode.is_none() && encode.is_none() {
@@ -420,6 +446,8 @@ impl Compression {
             decoded: 0,
             max_decoded: self.s.max_decoded_size,
             seen: false,
+            expect,
+            consumed: 0,
         }))))
     }
 
@@ -503,7 +531,9 @@ impl Compression {
             .transform(Encoding::Identity, target)
             .map_err(|e| internal("compressor", e))?;
         resp.insert_header(http::header::CONTENT_ENCODING, target.token())?;
-        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if let Some(len) = resp.remove_header(&http::header::CONTENT_LENGTH) {
+            resp.insert_header(DECODED_LENGTH, len)?;
+        }
         weaken_etag(resp)?;
         Ok(t)
     }
@@ -517,6 +547,7 @@ impl Compression {
         resp: &mut ResponseHeader,
         client: &Accepted,
     ) -> pingora::Result<Option<SyncTransform>> {
+        let decoded_length = resp.remove_header(DECODED_LENGTH);
         let have = match content_coding(resp) {
             Coded::Known(e) => e,
             // Nothing to undo, or nothing the gateway can undo.
@@ -537,12 +568,21 @@ impl Compression {
         } else {
             client.preferred()
         };
+        let expect = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
         let t = self
-            .transform(have, target)
+            .transform_sized(have, target, expect)
             .map_err(|e| internal("decompressor", e))?;
         resp.remove_header(&http::header::CONTENT_LENGTH);
         if target == Encoding::Identity {
             resp.remove_header(&http::header::CONTENT_ENCODING);
+            if let Some(len) = decoded_length {
+                // Only a body the gateway compressed itself has it: the length is exact.
+                resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+            }
         } else {
             resp.insert_header(http::header::CONTENT_ENCODING, target.token())?;
         }
@@ -745,6 +785,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(d.push(&coded, true).is_err());
+    }
+
+    #[test]
+    fn a_sized_body_ends_without_an_end_of_stream_call() {
+        let c = Compression::new(&settings());
+        let body = vec![b'a'; 5000];
+        let coded = c
+            .transform(Encoding::Identity, Encoding::Gzip)
+            .unwrap()
+            .unwrap()
+            .push(&body, true)
+            .unwrap();
+        for target in [Encoding::Identity, Encoding::Zstd] {
+            let t = c
+                .transform_sized(Encoding::Gzip, target, Some(coded.len()))
+                .unwrap()
+                .unwrap();
+            let mut out = t.push(&coded[..10], false).unwrap().to_vec();
+            out.extend_from_slice(&t.push(&coded[10..], false).unwrap());
+            let plain = match target {
+                Encoding::Zstd => zstd::stream::decode_all(&out[..]).unwrap(),
+                _ => out,
+            };
+            assert_eq!(plain, body, "{target:?}");
+        }
     }
 
     #[test]
