@@ -50,6 +50,9 @@ pub enum GatewayError {
     EndpointNotFound,
     #[error("internal gateway error")]
     Internal,
+    /// A request in cleartext while TLS is on (`listen.plain_api = "refuse"`).
+    #[error("plain HTTP is refused; connect with https://")]
+    HttpsRequired,
 }
 
 impl GatewayError {
@@ -67,6 +70,7 @@ impl GatewayError {
             Self::MethodNotAllowed => 405,
             Self::EndpointNotFound => 404,
             Self::Internal => 500,
+            Self::HttpsRequired => 403,
         }
     }
 
@@ -86,6 +90,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::EndpointNotFound => "ENDPOINT_NOT_FOUND",
             Self::Internal => "INTERNAL_SERVER_ERROR",
+            Self::HttpsRequired => "HTTPS_REQUIRED",
         }
     }
 
