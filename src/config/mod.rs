@@ -266,6 +266,8 @@ pub fn validate_with(
         log: f.log.into(),
         tls: TlsSettings::from_file(f.tls)?,
         http2: f.http2.try_into()?,
+        compression: f.compression.try_into()?,
+        graphql: f.graphql.try_into()?,
     };
     if settings.tls.is_some() {
         if matches!(settings.listen.proxy, ProxyAddr::Unix(_)) {

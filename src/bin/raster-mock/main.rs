@@ -5,7 +5,9 @@
 //! `demo-barcelona`), with Raster's envelope, error codes and response shapes (OpenAPI of
 //! raster-app/raster-cli). Writes change later reads. Every response carries
 //! `Vary: Api-Version`; GET 200s carry a strong `ETag` and a matching `If-None-Match` gets a
-//! 304. Control endpoints (no auth, not counted): `GET /__mock/stats`, `POST /__mock/reset`,
+//! 304. `POST /` is Raster's GraphQL API over the same data ([`graphql`]). With `--gzip` (or
+//! `PUT /__mock/config {"gzip": true}`) bodies are gzipped for clients that accept it.
+//! Control endpoints (no auth, not counted): `GET /__mock/stats`, `POST /__mock/reset`,
 //! `GET|PUT /__mock/config`.
 //!
 //! It is a binary-only module tree: none of it is linked into the `raster_edge` library.
@@ -17,6 +19,7 @@
 
 mod control;
 mod fixtures;
+mod graphql;
 mod listener;
 mod routes;
 mod server;
@@ -59,6 +62,9 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// gzip response bodies for clients whose Accept-Encoding accepts gzip.
+    #[arg(long)]
+    gzip: bool,
 }
 
 /// Startup options (the `raster-mock` flags).
@@ -74,6 +80,8 @@ pub struct MockOptions {
     pub threads: usize,
     /// Certificate chain and key files: serve TLS (with h2) instead of plain HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// gzip bodies for clients that accept it (`--gzip`).
+    pub gzip: bool,
 }
 
 fn main() {
@@ -91,6 +99,7 @@ fn main() {
         cache_control: args.cache_control,
         threads: args.threads,
         tls: args.tls_cert.zip(args.tls_key),
+        gzip: args.gzip,
     };
     if let Err(e) = run(opts) {
         eprintln!("raster-mock: {e:#}");
