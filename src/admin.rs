@@ -12,7 +12,6 @@
 
 pub mod inspect;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,12 +303,12 @@ impl ServeHttp for Admin {
 /// up by the time anyone can ask). Pingora signals a service ready before it binds, so the
 /// proxy port itself is asked, with backoff, until it answers; then this service is done.
 pub struct Readiness {
-    proxy: SocketAddr,
+    proxy: crate::config::ProxyAddr,
     ready: Arc<AtomicBool>,
 }
 
 impl Readiness {
-    pub fn new(proxy: SocketAddr, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(proxy: crate::config::ProxyAddr, ready: Arc<AtomicBool>) -> Self {
         Self { proxy, ready }
     }
 }
@@ -319,11 +318,18 @@ impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut wait = Duration::from_millis(5);
         loop {
-            let probe = tokio::time::timeout(
-                Duration::from_millis(200),
-                tokio::net::TcpStream::connect(self.proxy),
-            );
-            if let Ok(Ok(_)) = probe.await {
+            let connect = async {
+                match &self.proxy {
+                    crate::config::ProxyAddr::Tcp(a) => {
+                        tokio::net::TcpStream::connect(a).await.map(drop)
+                    }
+                    crate::config::ProxyAddr::Unix(p) => {
+                        tokio::net::UnixStream::connect(p).await.map(drop)
+                    }
+                }
+            };
+            let probe = tokio::time::timeout(Duration::from_millis(200), connect);
+            if let Ok(Ok(())) = probe.await {
                 self.ready.store(true, Ordering::Release);
                 METRICS.ready.set(1.0);
                 tracing::info!(proxy = %self.proxy, "ready");

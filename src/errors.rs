@@ -50,6 +50,9 @@ pub enum GatewayError {
     EndpointNotFound,
     #[error("internal gateway error")]
     Internal,
+    /// A request in cleartext while TLS is on (`listen.plain_api = "refuse"`).
+    #[error("plain HTTP is refused; connect with https://")]
+    HttpsRequired,
     /// `Cache-Control: only-if-cached` (honoured with `cache.honor_client_no_cache`) and no
     /// stored response can satisfy the request (RFC 9111 §5.2.1.7).
     #[error("only-if-cached: no stored response satisfies this request")]
@@ -71,6 +74,7 @@ impl GatewayError {
             Self::MethodNotAllowed => 405,
             Self::EndpointNotFound => 404,
             Self::Internal => 500,
+            Self::HttpsRequired => 403,
             Self::NotCached => 504,
         }
     }
@@ -91,6 +95,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::EndpointNotFound => "ENDPOINT_NOT_FOUND",
             Self::Internal => "INTERNAL_SERVER_ERROR",
+            Self::HttpsRequired => "HTTPS_REQUIRED",
             Self::NotCached => "NOT_CACHED",
         }
     }

@@ -204,6 +204,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.subrequest = session.subrequest_ctx.is_some();
+        if !ctx.subrequest && crate::listeners::refuses_cleartext(&self.settings, session) {
+            return self.reject(session, ctx, GatewayError::HttpsRequired).await;
+        }
         // 0. Head bounds, framing, method and the canonical path, before anything reads the
         //    path (route, key, scope and forwarding all see the rewritten one).
         if !ctx.subrequest {

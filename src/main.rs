@@ -92,7 +92,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => {
-            for note in config::check_file(&file)? {
+            let (settings, mut notes) = config::check_file_settings(&file)?;
+            if let Some(tls) = &settings.tls {
+                raster_edge::tls::check(tls, config::SecretFiles::Note, &mut notes)?;
+            }
+            for note in notes {
                 eprintln!("note: {note}");
             }
             println!("{}: ok", file.display());

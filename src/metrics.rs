@@ -370,6 +370,7 @@ pub fn method_label(m: &http::Method) -> &'static str {
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> Vec<u8> {
     Lazy::force(&METRICS);
+    Lazy::force(&TLS_METRICS);
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -377,6 +378,77 @@ pub fn render() -> Vec<u8> {
     }
     out
 }
+
+// TLS termination (src/tls.rs), in a block of their own.
+
+pub const TLS_RELOADS_TOTAL: &str = "raster_edge_tls_reloads_total";
+pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str =
+    "raster_edge_tls_certificate_expiry_timestamp_seconds";
+pub const TLS_SNI_TOTAL: &str = "raster_edge_tls_sni_total";
+
+label_values! {
+    /// `raster_edge_tls_reloads_total{result}`.
+    TlsReloadResult {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `raster_edge_tls_sni_total{result}`: how a handshake's certificate was chosen.
+    SniResult {
+        Matched => "matched",
+        Default => "default",
+        Refused => "refused",
+        None => "none",
+    }
+}
+
+pub struct TlsMetrics {
+    pub reloads: IntCounterVec,
+    /// Label `certificate`: the config key (`tls`, `tls.certificates[0]`), bounded by the file.
+    pub expiry: IntGaugeVec,
+    pub sni: IntCounterVec,
+}
+
+impl TlsMetrics {
+    pub fn sni(&self, result: SniResult) {
+        self.sni.with_label_values(&[result.as_str()]).inc();
+    }
+}
+
+fn build_tls() -> Result<TlsMetrics, prometheus::Error> {
+    let m = TlsMetrics {
+        reloads: register_int_counter_vec!(
+            TLS_RELOADS_TOTAL,
+            format!(
+                "TLS certificate reloads by result ({}); on error the certificates in service are kept",
+                TlsReloadResult::help_list()
+            ),
+            &["result"]
+        )?,
+        expiry: register_int_gauge_vec!(
+            TLS_CERTIFICATE_EXPIRY_SECONDS,
+            "notAfter of each certificate in service (unix seconds), by config key",
+            &["certificate"]
+        )?,
+        sni: register_int_counter_vec!(
+            TLS_SNI_TOTAL,
+            format!(
+                "TLS handshakes by certificate choice ({})",
+                SniResult::help_list()
+            ),
+            &["result"]
+        )?,
+    };
+    for r in TlsReloadResult::ALL {
+        m.reloads.with_label_values(&[r.as_str()]);
+    }
+    Ok(m)
+}
+
+pub static TLS_METRICS: Lazy<TlsMetrics> =
+    Lazy::new(|| build_tls().unwrap_or_else(|e| panic!("metric registration: {e}")));
 
 #[cfg(test)]
 mod tests {

@@ -118,9 +118,16 @@ impl BackgroundService for Drain {
 pub struct Instance {
     server: Server,
     cache: &'static Cache,
+    certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl Instance {
+    /// The proxy listener's certificates, when TLS is on: the configuration reload (SIGHUP,
+    /// `POST /admin/reload`) calls [`crate::tls::Certificates::reload`] on them.
+    pub fn certificates(&self) -> Option<Arc<crate::tls::Certificates>> {
+        self.certificates.clone()
+    }
+
     /// The cache this instance serves from (tests age its entries instead of sleeping).
     pub fn cache(&self) -> &'static Cache {
         self.cache
@@ -139,10 +146,15 @@ impl Instance {
 /// shutdown.
 pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let settings = Arc::new(settings);
-    check_ports(&[
-        ("listen.proxy", settings.listen.proxy),
-        ("listen.admin", settings.listen.admin),
-    ])?;
+    let mut ports = vec![("listen.admin", settings.listen.admin)];
+    ports.extend(settings.listen.proxy.tcp().map(|a| ("listen.proxy", a)));
+    ports.extend(settings.listen.plain.map(|a| ("listen.plain", a)));
+    check_ports(&ports)?;
+    // Certificates are checked before anything starts: a bad one names its key and stops here.
+    let certificates = match &settings.tls {
+        Some(tls) => Some(crate::tls::Certificates::load(tls)?),
+        None => None,
+    };
     let dir = &settings.server.runtime_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create runtime dir {}", dir.display()))?;
@@ -203,7 +215,19 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         gateway,
         "raster-edge proxy",
     );
-    proxy.add_tcp(&settings.listen.proxy.to_string());
+    if let Some(app) = proxy.app_logic_mut() {
+        crate::listeners::configure(app, &settings);
+    }
+    crate::listeners::add(&mut proxy, &settings, certificates.as_ref())?;
+    if let Some(certs) = certificates
+        .as_ref()
+        .filter(|_| settings.tls.as_ref().is_some_and(|t| t.watch))
+    {
+        server.add_service(background_service(
+            "tls certificate watcher",
+            crate::tls::Watcher::new(certs.clone()),
+        ));
+    }
 
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
@@ -219,15 +243,21 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     server.add_service(background_service("drain", Drain { in_flight }));
     server.add_service(background_service(
         "readiness",
-        admin::Readiness::new(settings.listen.proxy, ready),
+        admin::Readiness::new(settings.listen.proxy.clone(), ready),
     ));
     tracing::info!(
         proxy = %settings.listen.proxy,
         admin = %settings.listen.admin,
+        tls = settings.tls.is_some(),
+        h2c = settings.listen.h2c,
         upstream = %settings.upstream.url,
         "raster-edge starting"
     );
-    Ok(Instance { server, cache })
+    Ok(Instance {
+        server,
+        cache,
+        certificates,
+    })
 }
 
 /// Runs the gateway until a signal tells it to stop.

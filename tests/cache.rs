@@ -8,6 +8,7 @@ use raster_edge::metrics;
 use std::time::{Duration, Instant};
 
 use common::inproc::InProcess;
+use common::transport::Transport;
 use common::{auth, client, Edge, Mock, RawOrigin, Target};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -28,8 +29,13 @@ fn config(cache: &str, routes: &str) -> String {
 }
 
 fn start(cache: &str, routes: &str) -> (Mock, Edge) {
+    start_over(Transport::Http1, cache, routes)
+}
+
+/// [`start`], with clients reaching the gateway over `t`.
+fn start_over(t: Transport, cache: &str, routes: &str) -> (Mock, Edge) {
     let mock = Mock::start();
-    let edge = Edge::start(&mock.url(), &config(cache, routes));
+    let edge = Edge::start_over(t, &mock.url(), &config(cache, routes));
     (mock, edge)
 }
 
@@ -93,8 +99,27 @@ async fn send(req: reqwest::RequestBuilder) -> Got {
     }
 }
 
+/// [`send`] to the gateway: the answer must have come over the gateway's transport.
+async fn send_to(edge: &impl Target, req: reqwest::RequestBuilder) -> Got {
+    let r = req.send().await.expect("request");
+    assert_eq!(
+        r.version(),
+        edge.transport().version(),
+        "{:?}",
+        edge.transport()
+    );
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
 async fn get(edge: &impl Target, path: &str, key: &str) -> Got {
-    send(client().get(edge.url(path)).headers(auth(key))).await
+    send_to(edge, edge.client().get(edge.url(path)).headers(auth(key))).await
 }
 
 async fn get_with(
@@ -107,7 +132,7 @@ async fn get_with(
     for (k, v) in extra {
         h.insert(*k, v.parse().expect("header value"));
     }
-    send(client().get(edge.url(path)).headers(h)).await
+    send_to(edge, edge.client().get(edge.url(path)).headers(h)).await
 }
 
 /// The mock's own answer for `key`, bypassing the gateway.
@@ -141,8 +166,9 @@ async fn purge(edge: &impl Target, body: Value, token: Option<&str>) -> u16 {
 }
 
 async fn write(edge: &impl Target, method: reqwest::Method, path: &str, body: Value) -> Got {
-    send(
-        client()
+    send_to(
+        edge,
+        edge.client()
             .request(method, edge.url(path))
             .headers(auth("demo-write"))
             .json(&body),
@@ -150,9 +176,12 @@ async fn write(edge: &impl Target, method: reqwest::Method, path: &str, body: Va
     .await
 }
 
-#[tokio::test]
-async fn test_cache_miss_then_hit_with_one_upstream_request() {
-    let (mock, edge) = start("", ROUTES);
+over_transports!(
+    test_cache_miss_then_hit_with_one_upstream_request,
+    miss_then_hit
+);
+async fn miss_then_hit(t: Transport) {
+    let (mock, edge) = start_over(t, "", ROUTES);
     let path = format!("{BCN}/assets?page=1&pageSize=5");
     let a = get(&edge, &path, "demo-read").await;
     assert_eq!(a.status, 200);
@@ -191,9 +220,12 @@ async fn test_cache_miss_then_hit_with_one_upstream_request() {
     assert!(edge.metric(metrics::CACHE_ENTRIES, &[]).await >= 1.0);
 }
 
-#[tokio::test]
-async fn test_cache_different_key_or_api_version_misses() {
-    let (mock, edge) = start("", ROUTES);
+over_transports!(
+    test_cache_different_key_or_api_version_misses,
+    key_or_version_misses
+);
+async fn key_or_version_misses(t: Transport) {
+    let (mock, edge) = start_over(t, "", ROUTES);
     let path = format!("{BCN}/tags");
     assert_eq!(get(&edge, &path, "demo-read").await.x_cache(), "MISS");
     assert_eq!(get(&edge, &path, "demo-write").await.x_cache(), "MISS");
@@ -203,8 +235,11 @@ async fn test_cache_different_key_or_api_version_misses() {
     assert_eq!(mock.requests().await, 3);
 }
 
-#[tokio::test]
-async fn test_cache_keys_never_see_each_others_bodies_on_any_read_route() {
+over_transports!(
+    test_cache_keys_never_see_each_others_bodies_on_any_read_route,
+    per_key_isolation
+);
+async fn per_key_isolation(t: Transport) {
     let reads = [
         "/me".to_string(),
         format!("{ORG}/libraries"),
@@ -220,7 +255,7 @@ async fn test_cache_keys_never_see_each_others_bodies_on_any_read_route() {
         ["demo-read", "demo-barcelona"],
         ["demo-barcelona", "demo-read"],
     ] {
-        let (mock, edge) = start("", ROUTES);
+        let (mock, edge) = start_over(t, "", ROUTES);
         for path in &reads {
             for key in order {
                 // Twice: the second answer comes from the cache when storable.
@@ -584,12 +619,16 @@ async fn test_cache_serve_stale_when_origin_unreachable() {
     assert_eq!(c.status, 502);
 }
 
-#[tokio::test]
-async fn test_cache_coalesces_100_concurrent_cold_requests_into_one() {
-    let (mock, edge) = start("", ROUTES);
+over_transports!(
+    test_cache_coalesces_100_concurrent_cold_requests_into_one,
+    coalescing
+);
+async fn coalescing(t: Transport) {
+    let (mock, edge) = start_over(t, "", ROUTES);
     mock.configure(json!({"latency_ms": 400})).await;
     let path = format!("{BCN}/assets?pageSize=5");
-    let c = client();
+    // Over h2 the 100 requests share one connection (100 concurrent streams).
+    let c = edge.client();
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let req = c.get(edge.url(&path)).headers(auth("demo-read"));
@@ -666,7 +705,7 @@ fn watched() -> Vec<(&'static str, String, &'static str)> {
     ]
 }
 
-async fn warm(edge: &Edge) {
+async fn warm(edge: &impl Target) {
     for (_, path, key) in watched() {
         get(edge, &path, key).await;
         let g = get(edge, &path, key).await;
@@ -675,7 +714,7 @@ async fn warm(edge: &Edge) {
 }
 
 /// The labels of watched reads that are no longer hits.
-async fn invalidated(edge: &Edge) -> Vec<&'static str> {
+async fn invalidated(edge: &impl Target) -> Vec<&'static str> {
     let mut out = Vec::new();
     for (label, path, key) in watched() {
         if get(edge, &path, key).await.x_cache() != "HIT" {
@@ -696,9 +735,12 @@ fn multipart() -> (String, Vec<u8>) {
     )
 }
 
-#[tokio::test]
-async fn test_cache_every_write_route_invalidates_the_right_reads_for_all_keys() {
-    let (_mock, edge) = start("", ROUTES);
+over_transports!(
+    test_cache_every_write_route_invalidates_the_right_reads_for_all_keys,
+    write_invalidation
+);
+async fn write_invalidation(t: Transport) {
+    let (_mock, edge) = start_over(t, "", ROUTES);
     let lib_and_org = vec![
         "libraries",
         "search",
@@ -789,8 +831,9 @@ async fn test_cache_every_write_route_invalidates_the_right_reads_for_all_keys()
     // Upload (multipart) touches the library and the org.
     warm(&edge).await;
     let (ct, body) = multipart();
-    let w = send(
-        client()
+    let w = send_to(
+        &edge,
+        edge.client()
             .post(edge.url(&format!("{BCN}/assets")))
             .headers(auth("demo-write"))
             .header("content-type", ct)
@@ -805,9 +848,12 @@ async fn test_cache_every_write_route_invalidates_the_right_reads_for_all_keys()
     assert_eq!(got, want, "upload");
 }
 
-#[tokio::test]
-async fn test_cache_transfer_invalidates_both_libraries_and_reads_are_fresh() {
-    let (mock, edge) = start("", ROUTES);
+over_transports!(
+    test_cache_transfer_invalidates_both_libraries_and_reads_are_fresh,
+    transfer_invalidation
+);
+async fn transfer_invalidation(t: Transport) {
+    let (mock, edge) = start_over(t, "", ROUTES);
     let lis = format!("{LIS}/assets/bcn-0005");
     let bcn = format!("{BCN}/assets/bcn-0005");
     assert_eq!(get(&edge, &bcn, "demo-read").await.status, 200);

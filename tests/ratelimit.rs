@@ -9,6 +9,7 @@ use raster_edge::metrics;
 
 use std::time::{Duration, Instant};
 
+use common::transport::Transport;
 use common::{auth, client, Edge, Mock, Redis};
 use serde_json::Value;
 
@@ -19,19 +20,26 @@ fn limits(burst: u32, extra: &str) -> String {
     format!("[cache]\nenabled = false\n[rate_limit]\nrate = 0.1\nburst = {burst}\n{extra}")
 }
 
+/// A request over the gateway's transport (checked: the answer came back over it too).
 async fn get(edge: &Edge, key: &str, path: &str) -> reqwest::Response {
-    client()
+    let r = edge
+        .client()
         .get(edge.url(path))
         .headers(auth(key))
         .send()
         .await
-        .expect("request")
+        .expect("request");
+    assert_eq!(r.version(), edge.transport.version());
+    r
 }
 
-#[tokio::test]
-async fn test_burst_plus_n_gets_exactly_n_429s_that_never_reach_origin() {
+over_transports!(
+    test_burst_plus_n_gets_exactly_n_429s_that_never_reach_origin,
+    burst_plus_n
+);
+async fn burst_plus_n(t: Transport) {
     let mock = Mock::start();
-    let edge = Edge::start(&mock.url(), &limits(10, ""));
+    let edge = Edge::start_over(t, &mock.url(), &limits(10, ""));
     let (mut ok, mut limited) = (0, 0);
     for i in 0..13 {
         let r = get(&edge, "demo-read", &format!("{ASSETS}?page={}", i + 1)).await;
@@ -77,10 +85,10 @@ async fn test_burst_plus_n_gets_exactly_n_429s_that_never_reach_origin() {
     assert_eq!(limited_metric, 3.0);
 }
 
-#[tokio::test]
-async fn test_other_key_is_unaffected_by_a_limited_key() {
+over_transports!(test_other_key_is_unaffected_by_a_limited_key, keys_isolated);
+async fn keys_isolated(t: Transport) {
     let mock = Mock::start();
-    let edge = Edge::start(&mock.url(), &limits(3, ""));
+    let edge = Edge::start_over(t, &mock.url(), &limits(3, ""));
     for _ in 0..5 {
         get(&edge, "demo-read", "/me").await;
     }
@@ -128,10 +136,11 @@ async fn test_shadow_mode_counts_but_never_rejects() {
     assert_eq!(shadow, 3.0);
 }
 
-#[tokio::test]
-async fn test_count_upstream_lets_cache_hits_through() {
+over_transports!(test_count_upstream_lets_cache_hits_through, hits_free);
+async fn hits_free(t: Transport) {
     let mock = Mock::start();
-    let edge = Edge::start(
+    let edge = Edge::start_over(
+        t,
         &mock.url(),
         "[rate_limit]\nrate = 0.1\nburst = 2\ncount = \"upstream\"\n",
     );

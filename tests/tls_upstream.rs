@@ -1,6 +1,7 @@
 //! HTTPS upstreams: the gateway verifies the origin's certificate chain and host name (SNI), and
 //! trusts a private CA only when `upstream.ca_file` names it. The origin is `openssl s_server`
-//! with a CA and a leaf certificate made for the test.
+//! with a CA and a leaf certificate made for the test; for HTTP/2 it is raster-mock serving TLS
+//! (`--tls-cert/--tls-key`, ALPN h2 and http/1.1) with a certificate from an rcgen test CA.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{auth, client, spawn_on_fresh_port, Edge, Proc};
+use common::transport::{Transport, Validity};
+use common::{auth, client, spawn_on_fresh_port, Edge, Mock, Proc};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -148,3 +150,78 @@ async fn test_https_upstream_with_untrusted_certificate_is_refused() {
             >= 1.0
     );
 }
+
+/// raster-mock serving TLS with ALPN h2 and http/1.1, its certificate from a test CA.
+fn tls_mock(pki: &common::transport::Pki) -> Mock {
+    let (cert, key) = pki.issue("mock", &["localhost"], Validity::Current);
+    Mock::start_with(&[
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &key.display().to_string(),
+    ])
+}
+
+/// The mock's counters, read over its own TLS listener.
+async fn tls_mock_stats(pki: &common::transport::Pki, mock: &Mock) -> serde_json::Value {
+    let v: serde_json::Value = pki
+        .trusting(reqwest::Client::builder())
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://localhost:{}/__mock/stats",
+            mock.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].clone()
+}
+
+/// `upstream.http2 = true` negotiates h2 with the origin by ALPN; `false` stays on HTTP/1.1.
+/// The client side is parameterised too: HTTP/1.1, h2c and h2 over TLS to the gateway.
+async fn upstream_h2(t: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::transport::Pki::new(dir.path());
+    let mock = tls_mock(&pki);
+    let upstream = format!("https://localhost:{}", mock.addr.port());
+    for (http2, want_h2) in [(true, 3), (false, 0)] {
+        let edge = Edge::start_over(
+            t,
+            &upstream,
+            &format!(
+                "[cache]\nenabled = false\n[rate_limit]\nenabled = false\n[upstream]\nhttp2 = {http2}\nca_file = \"{}\"\n",
+                pki.dir.join("ca.pem").display()
+            ),
+        );
+        let before = tls_mock_stats(&pki, &mock).await;
+        for path in ["/me", "/organizations/monogram-labs/libraries", "/me"] {
+            let r = edge
+                .client()
+                .get(edge.url(path))
+                .headers(auth("demo-read"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.status().as_u16(), r.version()),
+                (200, t.version()),
+                "{path}"
+            );
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert!(v["data"].is_object() || v["data"].is_array(), "{v}");
+        }
+        let after = tls_mock_stats(&pki, &mock).await;
+        let h2 = after["http2"].as_u64().unwrap() - before["http2"].as_u64().unwrap();
+        let all = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
+        assert_eq!((all, h2), (3, want_h2), "upstream.http2 = {http2}");
+    }
+}
+
+over_transports!(
+    test_upstream_http2_negotiates_h2_with_a_tls_origin,
+    upstream_h2
+);

@@ -787,6 +787,9 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release")
     ap.add_argument("--out", type=Path, help="results directory (default bench-results/<timestamp>)")
     ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    ap.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
+    ap.add_argument("--h2-connections", type=int, default=8,
+                    help="h2load connections for the h2 row (each with 10 streams)")
     args = ap.parse_args()
     q = args.quick
     args.duration = args.duration or (3 if q else 10)
@@ -880,6 +883,8 @@ def main() -> int:
     meta["loadavg_end"] = os.getloadavg()
     summary = summarize(results, scenarios, targets)
     md = markdown(summary, meta)
+    if not args.scenarios or "h2" in args.scenarios.split(","):
+        md += "\n" + bench_h2(args, run_dir, origin, shm_dir, pages)
     (run_dir / "results.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "runs": results}, indent=1, default=str))
     header = (f"# raster-edge load benchmark {args.stamp}\n\n"
@@ -899,6 +904,135 @@ def main() -> int:
     print(f"took {meta['elapsed_s']:.0f} s; results in {run_dir}/ "
           "(results.md, results.json, chart.svg, server configs and logs)")
     return 0
+
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP/2 row. wrk does not speak h2, so this row is h2load's (Debian's nghttp2-client): the hot
+# 1 KB key over prior-knowledge h2c, to raster-edge (listen.h2c = true) and to nginx
+# (`listen … http2`, which on a plain listener is prior-knowledge h2c too). Varnish has no h2c
+# without extra parameters, so it is left out. Scenario id `h2`; its own servers, started here.
+
+H2_STREAMS = 10  # concurrent streams per h2 connection
+
+
+def start_edge_h2c(args, run_dir: Path, origin: Target) -> Target:
+    sub = run_dir / "h2c"
+    sub.mkdir(exist_ok=True)
+    saved = args.edge_env
+    args.edge_env = saved + ["RASTER_EDGE_LISTEN_H2C=true"]
+    try:
+        return start_edge(args, sub, origin)
+    finally:
+        args.edge_env = saved
+
+
+def start_nginx_h2c(args, run_dir: Path, origin: Target, shm_dir: Path) -> Target:
+    sub = run_dir / "h2c"
+    sub.mkdir(exist_ok=True)
+    port = free_port()
+    cache_dir = shm_dir / "nginx-h2c-cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for d in ("nginx-client-body", "nginx-proxy-temp"):
+        (sub / d).mkdir(exist_ok=True)
+    user_line = "user root;" if os.geteuid() == 0 else ""
+    cfg = render("nginx.conf.in", sub / "nginx.conf",
+                 {"PORT": port, "ORIGIN_PORT": origin.port, "DIR": sub,
+                  "CACHE_DIR": cache_dir, "USER_LINE": user_line,
+                  "NGINX_MAX_SIZE_MB": 4 * args.max_memory_mb})
+    text = cfg.read_text()
+    listen = f"listen 127.0.0.1:{port} backlog=4096;"
+    if listen not in text:
+        raise RuntimeError("nginx.conf.in: listen line not found for the h2c variant")
+    # nginx 1.22 (Debian 12) spells it on the listen line; 1.25+ also has `http2 on;`.
+    cfg.write_text(text.replace(listen, f"listen 127.0.0.1:{port} http2 backlog=4096;\n"
+                                        "        http2_max_concurrent_streams 100;"))
+    log = sub / "nginx.log"
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    p = PROCS.start("nginx-h2c", ["taskset", "-c", SERVER_CPU, nginx, "-p", str(sub), "-e",
+                                  str(sub / "nginx-error.log"), "-c", str(cfg), "-g",
+                                  "daemon off;"], log)
+    t = Target("nginx", port, p)
+    wait_http(t.base + "/", "nginx (h2c)", p, log, ok=lambda s: True)
+    return t
+
+
+def run_h2load(args, base: str, path: str, duration: float, warmup: float, conns: int,
+               log: Path) -> dict:
+    argv = ["taskset", "-c", CLIENT_CPU, args.h2load, "-t1", f"-c{conns}", f"-m{H2_STREAMS}",
+            "-D", str(max(1, int(round(duration)))), "--warm-up-time", f"{max(0.0, warmup):g}",
+            "-H", "authorization: Bearer demo-read", "-H", f"api-version: {API_VERSION}",
+            base + path]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 60)
+    with open(log, "a") as f:
+        f.write(" ".join(argv) + "\n" + r.stdout + r.stderr + "\n")
+    out = {"rps": 0.0, "succeeded": 0, "failed": 0, "non_2xx": 0, "mean_us": None, "max_us": None}
+    for line in r.stdout.splitlines():
+        words = line.replace(",", "").split()
+        if line.startswith("finished in"):
+            out["rps"] = float(words[3])
+        elif line.startswith("requests:"):
+            out["succeeded"] = int(words[words.index("succeeded") - 1])
+            out["failed"] = int(words[words.index("failed") - 1]) + int(words[words.index("errored") - 1])
+        elif line.startswith("status codes:"):
+            out["non_2xx"] = sum(int(words[i - 1]) for i, w in enumerate(words) if w in ("3xx", "4xx", "5xx"))
+        elif line.startswith("time for request:"):
+            out["max_us"], out["mean_us"] = parse_h2load_time(words[4]), parse_h2load_time(words[5])
+    if r.returncode != 0 or not out["rps"]:
+        raise RuntimeError(f"h2load failed ({r.returncode}): {r.stderr[-500:]}{r.stdout[-500:]}")
+    return out
+
+
+def parse_h2load_time(s: str) -> float:
+    for unit, f in (("us", 1.0), ("ms", 1e3), ("s", 1e6)):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+
+
+def bench_h2(args, run_dir: Path, origin: Target, shm_dir: Path, pages: dict) -> str:
+    """The h2 row: every target, interleaved, `args.repeats` runs; returns a markdown section."""
+    targets = [n for n in args.targets.split(",") if n in ("raster-edge", "nginx")]
+    started = {}
+    for name in targets:
+        started[name] = (start_edge_h2c(args, run_dir, origin) if name == "raster-edge"
+                         else start_nginx_h2c(args, run_dir, origin, shm_dir))
+    path = pages["1k"]["path"]
+    for name, t in started.items():
+        s, _, _ = api_get(t.base, path)  # fill the cache over HTTP/1.1 (h2c also takes h1)
+        if s != 200:
+            raise RuntimeError(f"{name} (h2c): {s}")
+    log = run_dir / "h2load.log"
+    runs: dict = {n: [] for n in started}
+    for rep in range(args.repeats):
+        names = targets[rep % len(targets):] + targets[:rep % len(targets)]
+        for name in names:
+            t = started[name]
+            quiet, _, busy = wait_quiet(args.quiet_wait, args.quiet_threshold)
+            pids = t.pids()
+            c0, w0, m0 = cpu_seconds(pids), time.monotonic(), mock_requests(origin.base)
+            r = run_h2load(args, t.base, path, args.duration, args.warmup, args.h2_connections, log)
+            wall = time.monotonic() - w0
+            r["server_cpu"] = (cpu_seconds(t.pids()) - c0) / wall
+            r["origin_requests"] = mock_requests(origin.base) - m0
+            r["noisy"] = [] if quiet else [f"busy before run {max(busy):.0%}"]
+            runs[name].append(r)
+            print(f"[h2 rep {rep + 1}] {name:12s} {r['rps']:>9,.0f} req/s  mean {fmt_us(r['mean_us'])}"
+                  f"  cpu {r['server_cpu'] * 100:.0f}%  failed {r['failed']}  non-2xx {r['non_2xx']}"
+                  f"  origin {r['origin_requests']}"
+                  + (f"  NOISY: {', '.join(r['noisy'])}" if r["noisy"] else ""), flush=True)
+    (run_dir / "h2.json").write_text(json.dumps(runs, indent=1))
+    lines = [f"### HTTP/2 (h2c, h2load: {args.h2_connections} connections x {H2_STREAMS} streams, "
+             f"hot key {pages['1k']['body_bytes']} B)", "",
+             "| target | req/s (median) | mean latency | server CPU | failed | runs |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, rs in runs.items():
+        rps = median([r["rps"] for r in rs])
+        each = ", ".join(f"{r['rps']:,.0f}" for r in rs)
+        lines.append(f"| {name} | {rps:,.0f} | {fmt_us(median([r['mean_us'] for r in rs]))} | "
+                     f"{median([r['server_cpu'] for r in rs]) * 100:.0f}% | "
+                     f"{sum(r['failed'] + r['non_2xx'] for r in rs)} | {each} |")
+    return "\n".join(lines) + "\n"
 
 
 def versions(args) -> dict:

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::settings::{Backend, Count, LogFormat, Mode, OnError, Share};
+use super::settings::{Backend, Count, LogFormat, Mode, OnError, PlainApi, Share, UnknownSni};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FileConfig {
@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub redis: RedisFile,
     pub admin: AdminFile,
     pub log: LogFile,
+    pub tls: TlsFile,
+    pub http2: Http2File,
     pub compression: CompressionFile,
     pub graphql: GraphqlFile,
 }
@@ -31,6 +33,14 @@ pub struct ListenFile {
     pub proxy: String,
     /// Admin listener: /healthz /readyz /metrics /admin/*.
     pub admin: String,
+    /// Prior-knowledge HTTP/2 (h2c) on a plain proxy listener.
+    pub h2c: bool,
+    /// With TLS: a cleartext listener kept beside the TLS one (health checks).
+    pub plain: Option<String>,
+    /// What API requests on the plain listener get: `refuse` (403 HTTPS_REQUIRED) or `allow`.
+    pub plain_api: PlainApi,
+    /// File mode of a `unix:` proxy socket, octal (`"0660"`).
+    pub unix_mode: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +210,42 @@ pub struct LogFile {
     /// tracing filter, e.g. `info` or `raster_edge=debug`.
     pub level: String,
     pub access_log: bool,
+}
+
+/// TLS on the proxy listener: on when `cert_file` is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsFile {
+    /// The default certificate chain (PEM), for clients whose SNI names no other certificate.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// More certificates, chosen by SNI.
+    pub certificates: Vec<TlsCertificateFile>,
+    /// A client naming no configured server: `default` certificate, or `refuse` the handshake.
+    pub unknown_sni: UnknownSni,
+    /// Reload the certificates when their files change (inotify).
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsCertificateFile {
+    /// Names this certificate answers (`edge.example.com`, `*.example.com`).
+    pub server_names: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// Downstream HTTP/2 limits (h2 over TLS and h2c).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Http2File {
+    pub max_concurrent_streams: u32,
+    /// Streams the client resets before they were accepted (rapid reset): beyond, GOAWAY.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the gateway had to reset for the client's protocol errors: beyond, GOAWAY.
+    pub max_local_error_reset_streams: usize,
+    /// Recently reset streams remembered (frames on them are ignored, not errors).
+    pub max_concurrent_reset_streams: usize,
+    /// An h2 connection with no open stream for this long is closed.
+    pub idle_timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -144,6 +144,9 @@ const OPTIONAL_KEYS: &[&str] = &[
     "edge.key_id_secret_file",
     "admin.token",
     "admin.token_file",
+    "listen.plain",
+    "tls.cert_file",
+    "tls.key_file",
 ];
 
 /// Environment variables that are ours but are not config keys.
@@ -261,20 +264,42 @@ pub fn validate_with(
         redis: f.redis.try_into()?,
         admin: AdminSettings::from_file(f.admin, mode, &mut notes)?,
         log: f.log.into(),
+        tls: TlsSettings::from_file(f.tls)?,
+        http2: f.http2.try_into()?,
         compression: f.compression.try_into()?,
         graphql: f.graphql.try_into()?,
     };
+    if settings.tls.is_some() {
+        if matches!(settings.listen.proxy, ProxyAddr::Unix(_)) {
+            // A Unix socket is reached by processes on this host only: the sidecar case.
+            return Err(invalid(
+                "tls.cert_file",
+                "TLS on a unix: proxy listener is not supported; use a TCP listen.proxy",
+            ));
+        }
+    } else if settings.listen.plain.is_some() {
+        return Err(invalid(
+            "listen.plain",
+            "only with TLS (tls.cert_file): without TLS the proxy listener is already plain",
+        ));
+    }
     Ok((settings, notes))
 }
 
 /// `check-config`: parses and validates `path` without reading secret files; returns notes.
 pub fn check_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    check_file_settings(path).map(|(_, notes)| notes)
+}
+
+/// [`check_file`], also handing back the settings (for the checks that read files, such as
+/// the TLS certificates).
+pub fn check_file_settings(path: &Path) -> Result<(Settings, Vec<String>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let file = parse(&text, &path.display().to_string(), &[])?;
-    validate_with(file, SecretFiles::Note).map(|(_, notes)| notes)
+    validate_with(file, SecretFiles::Note)
 }
 
 #[cfg(test)]
@@ -432,6 +457,39 @@ mod tests {
             let (section, key) = dotted.split_once('.').unwrap();
             assert!(table[section].get(key).is_none(), "{dotted} has a default");
         }
+    }
+
+    #[test]
+    fn listeners_unix_socket_plain_and_tls_are_checked_together() {
+        let s =
+            load_str("[listen]\nproxy = \"unix:/run/edge.sock\"\nunix_mode = \"0600\"\n").unwrap();
+        assert_eq!(s.listen.proxy, ProxyAddr::Unix("/run/edge.sock".into()));
+        assert_eq!(s.listen.unix_mode, 0o600);
+        for (toml, key) in [
+            ("[listen]\nproxy = \"unix:edge.sock\"\n", "listen.proxy"),
+            ("[listen]\nunix_mode = \"rw\"\n", "listen.unix_mode"),
+            ("[listen]\nunix_mode = \"1777\"\n", "listen.unix_mode"),
+            ("[listen]\nplain = \"127.0.0.1:1\"\n", "listen.plain"),
+            (
+                "[listen]\nproxy = \"unix:/e.sock\"\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n",
+                "tls.cert_file",
+            ),
+            ("[tls]\nkey_file = \"/k\"\n", "tls.cert_file"),
+            (
+                "[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[[tls.certificates]]\nserver_names = [\"a b\"]\ncert_file = \"/c\"\nkey_file = \"/k\"\n",
+                "tls.certificates[0].server_names",
+            ),
+            ("[http2]\nmax_concurrent_streams = 0\n", "http2.max_concurrent_streams"),
+        ] {
+            let e = load_str(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let s = load_str("[listen]\nplain = \"127.0.0.1:1\"\nh2c = true\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[[tls.certificates]]\nserver_names = [\"*.Example.com.\"]\ncert_file = \"/c2\"\nkey_file = \"/k2\"\n").unwrap();
+        let tls = s.tls.expect("tls on");
+        assert_eq!(tls.certificates[0].server_names, vec!["*.example.com"]);
+        assert_eq!(tls.certificates[0].files.key, "tls.certificates[0]");
+        assert!(s.listen.h2c);
+        assert!(load_str("").unwrap().tls.is_none());
     }
 
     #[test]

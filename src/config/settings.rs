@@ -26,14 +26,103 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    /// TLS on the proxy listener; `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
+    pub http2: Http2Settings,
     pub compression: CompressionSettings,
     pub graphql: GraphqlSettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct ListenSettings {
-    pub proxy: SocketAddr,
+    pub proxy: ProxyAddr,
     pub admin: SocketAddr,
+    /// Prior-knowledge HTTP/2 on plain (non-TLS) proxy listeners.
+    pub h2c: bool,
+    /// A cleartext listener kept beside the TLS one (only with TLS).
+    pub plain: Option<SocketAddr>,
+    pub plain_api: PlainApi,
+    /// File mode of a Unix-socket proxy listener.
+    pub unix_mode: u32,
+}
+
+/// Where the proxy listens: a TCP address, or a Unix domain socket (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ProxyAddr {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(a) => Some(*a),
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// What API requests arriving in cleartext get while TLS is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlainApi {
+    /// 403 HTTPS_REQUIRED in Raster's envelope: Raster refuses plain HTTP.
+    Refuse,
+    /// Served like requests over TLS (a trusted internal network).
+    Allow,
+}
+
+/// A client whose SNI names none of the configured certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownSni {
+    /// Served the default certificate (`tls.cert_file`), as nginx's default server does.
+    Default,
+    /// The handshake fails (no certificate: the client sees a handshake alert).
+    Refuse,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The config key these came from (`tls` or `tls.certificates[1]`), for messages.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCertificate {
+    /// Lowercased; `*.example.com` matches one label.
+    pub server_names: Vec<String>,
+    pub files: CertFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub default: CertFiles,
+    pub certificates: Vec<SniCertificate>,
+    pub unknown_sni: UnknownSni,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub max_pending_accept_reset_streams: usize,
+    pub max_local_error_reset_streams: usize,
+    pub max_concurrent_reset_streams: usize,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -302,12 +391,50 @@ impl TryFrom<file::ListenFile> for ListenSettings {
     type Error = ConfigError;
 
     fn try_from(f: file::ListenFile) -> Result<Self, ConfigError> {
-        let listen = Self {
-            proxy: addr("listen.proxy", &f.proxy)?,
-            admin: addr("listen.admin", &f.admin)?,
+        let proxy = match f.proxy.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => ProxyAddr::Unix(PathBuf::from(path)),
+            Some(_) => {
+                return Err(invalid(
+                    "listen.proxy",
+                    format!(
+                        "{:?}: a Unix socket needs an absolute path (unix:/run/raster-edge.sock)",
+                        f.proxy
+                    ),
+                ))
+            }
+            None => ProxyAddr::Tcp(addr("listen.proxy", &f.proxy)?),
         };
-        if listen.proxy == listen.admin {
+        let unix_mode = u32::from_str_radix(f.unix_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "listen.unix_mode",
+                    format!("{:?} is not an octal file mode like \"0660\"", f.unix_mode),
+                )
+            })?;
+        let listen = Self {
+            proxy,
+            admin: addr("listen.admin", &f.admin)?,
+            h2c: f.h2c,
+            plain: f
+                .plain
+                .as_deref()
+                .map(|p| addr("listen.plain", p))
+                .transpose()?,
+            plain_api: f.plain_api,
+            unix_mode,
+        };
+        if listen.proxy.tcp() == Some(listen.admin) {
             return Err(invalid("listen.admin", "must differ from listen.proxy"));
+        }
+        if let Some(plain) = listen.plain {
+            if listen.proxy.tcp() == Some(plain) || plain == listen.admin {
+                return Err(invalid(
+                    "listen.plain",
+                    "must differ from listen.proxy and listen.admin",
+                ));
+            }
         }
         Ok(listen)
     }
@@ -329,7 +456,14 @@ impl ServerSettings {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("RASTER_EDGE_RUNTIME_DIR").map(PathBuf::from))
             .unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("raster-edge-{}", listen.proxy.port()))
+                let name = match &listen.proxy {
+                    ProxyAddr::Tcp(a) => a.port().to_string(),
+                    ProxyAddr::Unix(p) => p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "unix".to_string()),
+                };
+                std::env::temp_dir().join(format!("raster-edge-{name}"))
             });
         Ok(Self {
             threads: f.threads,
@@ -629,6 +763,107 @@ impl From<file::LogFile> for LogSettings {
             level: f.level,
             access_log: f.access_log,
         }
+    }
+}
+
+impl TlsSettings {
+    /// `None` when `tls.cert_file` is not set (plain HTTP). Files are not read here: the
+    /// certificates are loaded and checked by `crate::tls`.
+    pub fn from_file(f: file::TlsFile) -> Result<Option<Self>, ConfigError> {
+        let default = match (f.cert_file, f.key_file) {
+            (Some(c), Some(k)) => CertFiles {
+                cert_file: nonempty_path("tls.cert_file", c)?,
+                key_file: nonempty_path("tls.key_file", k)?,
+                key: "tls".to_string(),
+            },
+            (Some(_), None) => return Err(invalid("tls.key_file", "required with tls.cert_file")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "required with tls.key_file")),
+            (None, None) if !f.certificates.is_empty() => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "required with [[tls.certificates]]: the default certificate",
+                ))
+            }
+            (None, None) => return Ok(None),
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut certificates = Vec::new();
+        for (i, c) in f.certificates.into_iter().enumerate() {
+            let key = format!("tls.certificates[{i}]");
+            if c.server_names.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.server_names"),
+                    "must name at least one server",
+                ));
+            }
+            let mut names = Vec::new();
+            for n in c.server_names {
+                let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+                let label_ok = |l: &str| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                };
+                let rest = n.strip_prefix("*.").unwrap_or(&n);
+                if !rest.contains('.') && n.starts_with("*.") || !rest.split('.').all(label_ok) {
+                    return Err(invalid(
+                        &format!("{key}.server_names"),
+                        format!("{n:?} is not a DNS name (a wildcard is \"*.example.com\")"),
+                    ));
+                }
+                if !seen.insert(n.clone()) {
+                    return Err(invalid(
+                        &format!("{key}.server_names"),
+                        format!("{n:?} is named by an earlier certificate"),
+                    ));
+                }
+                names.push(n);
+            }
+            certificates.push(SniCertificate {
+                server_names: names,
+                files: CertFiles {
+                    cert_file: nonempty_path(&format!("{key}.cert_file"), c.cert_file)?,
+                    key_file: nonempty_path(&format!("{key}.key_file"), c.key_file)?,
+                    key,
+                },
+            });
+        }
+        Ok(Some(Self {
+            default,
+            certificates,
+            unknown_sni: f.unknown_sni,
+            watch: f.watch,
+        }))
+    }
+
+    /// Every certificate, the default first.
+    pub fn all(&self) -> impl Iterator<Item = &CertFiles> {
+        std::iter::once(&self.default).chain(self.certificates.iter().map(|c| &c.files))
+    }
+}
+
+fn nonempty_path(key: &str, v: String) -> Result<PathBuf, ConfigError> {
+    if v.trim().is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    Ok(PathBuf::from(v))
+}
+
+impl TryFrom<file::Http2File> for Http2Settings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::Http2File) -> Result<Self, ConfigError> {
+        if f.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "http2.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            max_concurrent_streams: f.max_concurrent_streams,
+            max_pending_accept_reset_streams: f.max_pending_accept_reset_streams,
+            max_local_error_reset_streams: f.max_local_error_reset_streams,
+            max_concurrent_reset_streams: f.max_concurrent_reset_streams,
+            idle_timeout: duration("http2.idle_timeout", &f.idle_timeout)?,
+        })
     }
 }
 

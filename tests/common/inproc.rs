@@ -14,6 +14,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use raster_edge::cache::Cache;
 use raster_edge::config;
 
+use super::transport::Transport;
 use super::{reserve, wait_for_port, Target};
 
 /// Tells the in-process server to stop (a fast shutdown: no drain, no process exit).
@@ -34,11 +35,18 @@ pub struct InProcess {
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+    transport: Transport,
 }
 
 impl InProcess {
     /// Starts a gateway in front of `upstream` with `toml` layered over the embedded default.
     pub fn start(upstream: &str, toml: &str) -> InProcess {
+        InProcess::start_over(Transport::Http1, upstream, toml)
+    }
+
+    /// [`InProcess::start`] speaking `transport`.
+    pub fn start_over(transport: Transport, upstream: &str, toml: &str) -> InProcess {
+        let toml = &format!("{}{toml}", transport.toml());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut file = config::parse(toml, "test config", &[]).expect("test config parses");
         let (proxy, admin) = (reserve(), reserve());
@@ -68,6 +76,7 @@ impl InProcess {
             stop,
             thread: Some(thread),
             _dir: dir,
+            transport,
         }
     }
 
@@ -79,7 +88,15 @@ impl InProcess {
 
 impl Target for InProcess {
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        self.transport.url(self.addr, path)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        self.transport.client(self.addr)
+    }
+
+    fn transport(&self) -> Transport {
+        self.transport
     }
 
     fn admin_url(&self, path: &str) -> String {

@@ -22,12 +22,22 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod inproc;
+pub mod transport;
+
+use transport::Transport;
 
 /// A gateway a test talks to: the real binary ([`Edge`]) or the server inside the test process
 /// ([`inproc::InProcess`]).
 pub trait Target {
     fn url(&self, path: &str) -> String;
     fn admin_url(&self, path: &str) -> String;
+    /// A client speaking the gateway's transport (HTTP/1.1, h2c or h2 over TLS).
+    fn client(&self) -> reqwest::Client {
+        client()
+    }
+    fn transport(&self) -> Transport {
+        Transport::Http1
+    }
 }
 
 impl Target for Edge {
@@ -37,6 +47,14 @@ impl Target for Edge {
 
     fn admin_url(&self, path: &str) -> String {
         Edge::admin_url(self, path)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        Edge::client(self)
+    }
+
+    fn transport(&self) -> Transport {
+        self.transport
     }
 }
 
@@ -470,6 +488,8 @@ pub struct Edge {
     pub admin: SocketAddr,
     pub proc: Proc,
     pub dir: tempfile::TempDir,
+    /// How [`Edge::url`] and [`Edge::client`] reach the proxy listener.
+    pub transport: Transport,
 }
 
 /// `GET probe` on `admin` answered 200.
@@ -491,6 +511,14 @@ impl Edge {
     /// addresses and upstream come from the CLI flags, which override the file).
     pub fn start(upstream: &str, toml: &str) -> Edge {
         Edge::start_checked(upstream, toml).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Edge::start`] speaking `transport` (its config lines go before `toml`).
+    pub fn start_over(transport: Transport, upstream: &str, toml: &str) -> Edge {
+        let toml = format!("{}{toml}", transport.toml());
+        let mut edge = Edge::start(upstream, &toml);
+        edge.transport = transport;
+        edge
     }
 
     /// Like [`Edge::start`], `None` when the gateway does not become ready.
@@ -567,11 +595,17 @@ impl Edge {
             admin,
             proc,
             dir,
+            transport: Transport::Http1,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        self.transport.url(self.addr, path)
+    }
+
+    /// A client for the proxy listener over this gateway's transport.
+    pub fn client(&self) -> reqwest::Client {
+        self.transport.client(self.addr)
     }
 
     pub fn admin_url(&self, path: &str) -> String {

@@ -145,6 +145,8 @@ pub struct Stats {
     conditional: AtomicU64,
     not_modified: AtomicU64,
     by_method: [AtomicU64; 8],
+    /// API requests that came over HTTP/2.
+    http2: AtomicU64,
 }
 
 impl Stats {
@@ -160,6 +162,10 @@ impl Stats {
         self.by_method[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_http2(&self) {
+        self.http2.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_not_modified(&self) {
         self.not_modified.fetch_add(1, Ordering::Relaxed);
     }
@@ -172,12 +178,13 @@ impl Stats {
         self.requests.store(0, Ordering::Relaxed);
         self.conditional.store(0, Ordering::Relaxed);
         self.not_modified.store(0, Ordering::Relaxed);
+        self.http2.store(0, Ordering::Relaxed);
         for c in &self.by_method {
             c.store(0, Ordering::Relaxed);
         }
     }
 
-    /// `{"requests":N,"conditional":C,"not_modified":M,"by_method":{"GET":n,...}}`
+    /// `{"requests":N,"conditional":C,"not_modified":M,"http2":H,"by_method":{"GET":n,...}}`
     /// (`by_method` lists only methods seen).
     pub fn to_json(&self) -> Value {
         let by_method: BTreeMap<&str, u64> = METHODS
@@ -190,6 +197,7 @@ impl Stats {
             "requests": self.requests(),
             "conditional": self.conditional.load(Ordering::Relaxed),
             "not_modified": self.not_modified.load(Ordering::Relaxed),
+            "http2": self.http2.load(Ordering::Relaxed),
             "by_method": by_method,
         })
     }

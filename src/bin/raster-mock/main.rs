@@ -56,6 +56,12 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Serve HTTPS with this certificate chain (PEM), offering ALPN h2 and http/1.1.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// gzip response bodies for clients whose Accept-Encoding accepts gzip.
     #[arg(long)]
     gzip: bool,
@@ -72,6 +78,8 @@ pub struct MockOptions {
     pub cache_control: Option<String>,
     /// Worker threads.
     pub threads: usize,
+    /// Certificate chain and key files: serve TLS (with h2) instead of plain HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// gzip bodies for clients that accept it (`--gzip`).
     pub gzip: bool,
 }
@@ -90,6 +98,7 @@ fn main() {
         latency_ms: args.latency_ms,
         cache_control: args.cache_control,
         threads: args.threads,
+        tls: args.tls_cert.zip(args.tls_key),
         gzip: args.gzip,
     };
     if let Err(e) = run(opts) {
@@ -106,6 +115,12 @@ fn main() {
 /// without one), and `--listen HOST:0` hands back the port the kernel chose: whoever starts the
 /// mock reads it from the first stdout line instead of guessing a free port and racing for it.
 fn run(opts: MockOptions) -> anyhow::Result<()> {
+    // A bad certificate stops the mock before it announces anything.
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|(cert, key)| listener::tls_acceptor(cert, key))
+        .transpose()?;
     let socket = TcpListener::bind(&opts.listen)
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let bound = socket
@@ -128,7 +143,7 @@ fn run(opts: MockOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let app = Arc::new(MockApp(Arc::new(MockService::new(&opts))));
-    server.add_service(listener::service(socket, app, opts.threads.max(1)));
+    server.add_service(listener::service(socket, app, opts.threads.max(1), tls));
 
     // The socket already listens (connections queue in its backlog until the accept loop
     // runs), so the announcement is true the moment it is printed.

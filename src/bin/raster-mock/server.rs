@@ -397,6 +397,9 @@ impl ServeHttp for MockApp {
         }
         let req = session.req_header();
         let uri = &req.uri;
+        if session.is_http2() && !uri.path().starts_with("/__mock/") {
+            self.0.stats.record_http2();
+        }
         self.0
             .handle(&req.method, uri.path(), uri.query(), &req.headers, &body)
             .await
