@@ -336,8 +336,16 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> RangeType {
+        // A range of a stored coded body is a range of the coded bytes: only a client that
+        // takes that coding can use it. Any other client gets the whole body, decoded (a server
+        // may ignore Range, RFC 9110 §14.2).
+        if let Coded::Known(e) = content_coding(resp) {
+            if !ctx.accepted.accepts(e) {
+                return RangeType::None;
+            }
+        }
         self.cache.range_header_filter(session.req_header(), resp)
     }
 
