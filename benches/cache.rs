@@ -58,6 +58,11 @@ fn settings() -> CacheSettings {
         store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
         routes: routes(),
         invalidation: vec![],
+        shared: raster_edge::config::SharedSettings {
+            enabled: false,
+            max_object_size: 1 << 20,
+            coalesce: true,
+        },
     }
 }
 

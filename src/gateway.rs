@@ -267,12 +267,13 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         _is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        self.cache.cache_hit_filter(session, &mut ctx.cache)
+        let forced = self.cache.cache_hit_filter(session, &mut ctx.cache)?;
+        Ok(forced.or_else(|| self.cache.fleet_hit_filter(meta)))
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {

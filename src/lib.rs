@@ -23,6 +23,7 @@ pub mod errors;
 pub mod gateway;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod response;
 pub mod routes;
 pub mod server;
