@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cache::{CacheCtx, CacheStatus};
+use crate::compression::{Accepted, Encoding, SyncTransform};
 use crate::edge::{Admitted, Principal};
 use crate::errors::GatewayError;
 use crate::metrics::UpstreamErrorKind;
@@ -121,6 +122,16 @@ pub struct RequestCtx {
     pub request_body_bytes: u64,
     /// A write's request body for invalidation rules.
     pub write_body: WriteBody,
+    /// A `POST` to Raster's GraphQL endpoint (`[graphql]`).
+    pub graphql: bool,
+    /// The client's `Accept-Encoding`, normalised.
+    pub accepted: Accepted,
+    /// Compresses the origin's body before the store and the client see it.
+    pub upstream_transform: Option<SyncTransform>,
+    /// Decodes (or transcodes) the body for a client that does not accept its coding.
+    pub client_transform: Option<SyncTransform>,
+    /// A `/me` answer's body being read for its organization, with its coding.
+    pub me_body: Option<(Encoding, Vec<u8>)>,
     _in_flight: InFlightGuard,
 }
 
@@ -143,6 +154,11 @@ impl RequestCtx {
             upstream_error: None,
             request_body_bytes: 0,
             write_body: WriteBody::Empty,
+            graphql: false,
+            accepted: Accepted::IDENTITY_ONLY,
+            upstream_transform: None,
+            client_transform: None,
+            me_body: None,
             _in_flight: in_flight.enter(),
         }
     }

@@ -87,6 +87,7 @@ label_values! {
         LockTimeout => "lock-timeout",
         Uncacheable => "uncacheable",
         Head => "head",
+        RequestNoStore => "request-no-store",
     }
 }
 
@@ -97,6 +98,7 @@ label_values! {
         Location => "location",
         Purge => "purge",
         Fleet => "fleet",
+        Graphql => "graphql",
     }
 }
 
