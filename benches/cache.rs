@@ -61,6 +61,11 @@ fn settings() -> CacheSettings {
         forward_conditional_misses: false,
         routes: routes(),
         invalidation: vec![],
+        shared: raster_edge::config::SharedSettings {
+            enabled: false,
+            max_object_size: 1 << 20,
+            coalesce: true,
+        },
     }
 }
 

@@ -27,6 +27,7 @@ fn limiter(max_keys: u64, rate: f64, burst: u32) -> RateLimiter {
         on_error: OnError::Local,
         key_prefix: "bench".into(),
         invalidation: false,
+        invalidation_outage: raster_edge::config::OutagePolicy::Ttl,
     };
     RateLimiter::new(&settings, &redis).expect("limiter")
 }

@@ -319,8 +319,10 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        self.cache
-            .cache_hit_filter(session, meta, is_fresh, &mut ctx.cache)
+        let forced = self
+            .cache
+            .cache_hit_filter(session, meta, is_fresh, &mut ctx.cache)?;
+        Ok(forced.or_else(|| self.cache.fleet_hit_filter(meta)))
     }
 
     fn cache_not_modified_filter(

@@ -28,6 +28,7 @@ pub mod graphql;
 pub mod listeners;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod response;
 pub mod routes;
 pub mod server;

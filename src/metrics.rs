@@ -134,6 +134,7 @@ label_values! {
         RateLimit => "ratelimit",
         Connect => "connect",
         Invalidation => "invalidation",
+        Shared => "shared",
     }
 }
 
@@ -341,6 +342,133 @@ fn build() -> Result<Metrics, prometheus::Error> {
 pub static METRICS: Lazy<Metrics> =
     Lazy::new(|| build().unwrap_or_else(|e| panic!("metric registration: {e}")));
 
+// Fleet: generations synced through Redis, the shared tier and fleet-wide coalescing
+// (docs/FLEET.md).
+
+pub const FLEET_SYNCED: &str = "raster_edge_fleet_synced";
+pub const FLEET_RECONCILES_TOTAL: &str = "raster_edge_fleet_reconciles_total";
+pub const SHARED_LOOKUPS_TOTAL: &str = "raster_edge_cache_shared_lookups_total";
+pub const SHARED_STORES_TOTAL: &str = "raster_edge_cache_shared_stores_total";
+pub const SHARED_BYTES_TOTAL: &str = "raster_edge_cache_shared_bytes_total";
+pub const SHARED_LEASES_TOTAL: &str = "raster_edge_cache_shared_leases_total";
+
+label_values! {
+    /// `raster_edge_fleet_reconciles_total{reason}`: why generations were read from Redis.
+    ReconcileReason {
+        Start => "start",
+        Reconnect => "reconnect",
+        Gap => "gap",
+        Check => "check",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_shared_lookups_total{result}`.
+    SharedLookup {
+        Hit => "hit",
+        Miss => "miss",
+        // A value that failed its checksum or framing (corrupt, or another key's): a miss.
+        Corrupt => "corrupt",
+        Error => "error",
+        // Redis skipped after a recent failure (no call made).
+        Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_shared_stores_total{result}`.
+    SharedStore {
+        Stored => "stored",
+        TooLarge => "too_large",
+        Error => "error",
+        Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_shared_bytes_total{direction}`.
+    SharedDirection {
+        Read => "read",
+        Written => "written",
+    }
+}
+
+label_values! {
+    /// `raster_edge_cache_shared_leases_total{result}`: fleet-wide coalescing of cold keys.
+    LeaseResult {
+        // This instance fetches for the fleet.
+        Acquired => "acquired",
+        // Waited, and the holder's response arrived in the shared tier.
+        Filled => "filled",
+        // Waited, and the lease went away without a stored response: fetched itself.
+        Released => "released",
+        // Waited `cache.lock_timeout` in vain: fetched itself.
+        TimedOut => "timed_out",
+    }
+}
+
+pub struct FleetMetrics {
+    pub synced: IntGauge,
+    pub reconciles: IntCounterVec,
+    pub shared_lookups: IntCounterVec,
+    pub shared_stores: IntCounterVec,
+    pub shared_bytes: IntCounterVec,
+    pub shared_leases: IntCounterVec,
+}
+
+fn build_fleet() -> Result<FleetMetrics, prometheus::Error> {
+    Ok(FleetMetrics {
+        synced: register_int_gauge!(
+            FLEET_SYNCED,
+            "1 while this instance's invalidation generations are known to match the fleet's"
+        )?,
+        reconciles: register_int_counter_vec!(
+            FLEET_RECONCILES_TOTAL,
+            format!(
+                "Generation reconciliations from Redis, by reason ({})",
+                ReconcileReason::help_list()
+            ),
+            &["reason"]
+        )?,
+        shared_lookups: register_int_counter_vec!(
+            SHARED_LOOKUPS_TOTAL,
+            format!(
+                "Shared-tier (Redis) lookups after a local miss, by result ({})",
+                SharedLookup::help_list()
+            ),
+            &["result"]
+        )?,
+        shared_stores: register_int_counter_vec!(
+            SHARED_STORES_TOTAL,
+            format!(
+                "Responses written to the shared tier, by result ({})",
+                SharedStore::help_list()
+            ),
+            &["result"]
+        )?,
+        shared_bytes: register_int_counter_vec!(
+            SHARED_BYTES_TOTAL,
+            format!(
+                "Bytes of shared-tier values, by direction ({})",
+                SharedDirection::help_list()
+            ),
+            &["direction"]
+        )?,
+        shared_leases: register_int_counter_vec!(
+            SHARED_LEASES_TOTAL,
+            format!(
+                "Fleet-wide coalescing of cold keys, by result ({})",
+                LeaseResult::help_list()
+            ),
+            &["result"]
+        )?,
+    })
+}
+
+/// The fleet metrics (registered with the others on first use).
+pub static FLEET: Lazy<FleetMetrics> =
+    Lazy::new(|| build_fleet().unwrap_or_else(|e| panic!("metric registration: {e}")));
+
 /// `2xx`, `4xx`… for the status label (bounded, unlike the raw status).
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -371,6 +499,7 @@ pub fn method_label(m: &http::Method) -> &'static str {
 pub fn render() -> Vec<u8> {
     Lazy::force(&METRICS);
     Lazy::force(&TLS_METRICS);
+    Lazy::force(&FLEET);
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

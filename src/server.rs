@@ -183,16 +183,37 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let mut cache = Cache::new(&settings.cache, &settings.upstream, &settings.compression)?;
     let fleet_rx = if settings.redis.invalidation && settings.cache.enabled {
         let (publisher, rx) = crate::cache::fleet::channel();
-        cache.set_fleet(publisher);
-        Some(rx)
+        let state = std::sync::Arc::new(crate::cache::fleet::FleetState::new(
+            settings.redis.invalidation_outage,
+        ));
+        cache.set_fleet(publisher, state.clone());
+        Some((rx, state))
     } else {
         None
     };
+    if settings.cache.enabled && settings.cache.shared.enabled {
+        if settings.edge.key_id_secret_generated
+            && settings.cache.share == crate::config::Share::PerKey
+        {
+            tracing::warn!("cache.shared is on but edge.key_id_secret is not set: per-key entries are keyed by this process's random key ids, so no other instance will find them");
+        }
+        // A lease lives as long as the slowest allowed origin fetch; waiters give up at the
+        // lock timeout, as local coalesced requests do.
+        let lease = settings.upstream.connect_timeout + settings.upstream.read_timeout;
+        let tier: &'static crate::cache::shared::SharedTier =
+            Box::leak(Box::new(crate::cache::shared::SharedTier::new(
+                &settings.cache.shared,
+                &settings.redis,
+                lease.max(std::time::Duration::from_millis(100)),
+                settings.cache.lock_timeout,
+            )?));
+        cache.storage().attach_shared(tier);
+    }
     let cache: &'static Cache = Box::leak(Box::new(cache));
-    if let Some(rx) = fleet_rx {
+    if let Some((rx, state)) = fleet_rx {
         server.add_service(background_service(
             "fleet invalidation",
-            crate::cache::fleet::Link::new(&settings.redis, cache, rx)?,
+            crate::cache::fleet::Link::new(&settings.redis, cache, state, rx)?,
         ));
     }
     let limiter = if settings.rate_limit.enabled {

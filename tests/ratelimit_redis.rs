@@ -41,6 +41,7 @@ fn redis_settings(url: &str, on_error: OnError) -> RedisSettings {
         on_error,
         key_prefix: "rl-test".into(),
         invalidation: false,
+        invalidation_outage: raster_edge::config::OutagePolicy::Ttl,
     }
 }
 

@@ -44,7 +44,9 @@ fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<E
             }
         }
     };
-    entry.is_fresh(SystemTime::now()).then_some(entry)
+    let now = SystemTime::now();
+    let age = std::time::Duration::from_secs(entry.age(now));
+    (entry.is_fresh(now) && cache.fleet_allows_hit(age)).then_some(entry)
 }
 
 pub fn fresh_hit(

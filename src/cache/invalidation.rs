@@ -33,9 +33,32 @@ use crate::routes::{Captures, PathPattern, Piece};
 /// Names remembered per generation map before the floor takes over.
 const GENERATION_CAPACITY: u64 = 200_000;
 
+/// Values with this bit are provisional: made by this instance for a bump whose fleet-wide
+/// generation (a Redis sequence number, always below it) is not known yet. They are unique to
+/// the process, so a key carrying one is never shared with another instance.
+pub const PROVISIONAL: u64 = 1 << 62;
+
+/// One name's generation: the newest fleet value known, and this instance's own bump while it
+/// is not confirmed by Redis (it wins until then: the fleet value may predate the write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Gen {
+    fleet: u64,
+    provisional: u64,
+}
+
+impl Gen {
+    fn value(self) -> u64 {
+        if self.provisional != 0 {
+            self.provisional
+        } else {
+            self.fleet
+        }
+    }
+}
+
 /// A bounded map of name → generation with a floor for forgotten names.
 pub struct GenMap {
-    map: moka::sync::Cache<String, u64>,
+    map: moka::sync::Cache<String, Gen>,
     floor: Arc<AtomicU64>,
     /// Set on the first bump: until then every read is the floor (0) without a lookup.
     used: AtomicBool,
@@ -47,11 +70,11 @@ impl GenMap {
         let f = floor.clone();
         let map = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .eviction_listener(move |_k, v: u64, cause| {
+            .eviction_listener(move |_k, v: Gen, cause| {
                 // Replaced values are superseded by a newer one for the same name; only a
                 // name that is really forgotten moves the floor.
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    f.fetch_max(v, Ordering::AcqRel);
+                    f.fetch_max(v.value(), Ordering::AcqRel);
                 }
             })
             .build();
@@ -68,12 +91,102 @@ impl GenMap {
         }
         self.map
             .get(name)
+            .map(Gen::value)
             .unwrap_or_else(|| self.floor.load(Ordering::Acquire))
     }
 
+    fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    /// This instance's own bump: `generation` is provisional until [`Self::confirm`].
     fn set(&self, name: String, generation: u64) {
         self.used.store(true, Ordering::Release);
-        self.map.insert(name, generation);
+        let floor = self.floor();
+        self.map.entry(name).and_upsert_with(|old| {
+            let fleet = old.map_or(floor, |e| e.into_value().fleet);
+            Gen {
+                fleet,
+                provisional: generation,
+            }
+        });
+    }
+
+    /// A fleet generation for `name` (another instance's bump, or a reconciliation): kept if
+    /// newer. Returns whether the name now reads a different value.
+    fn apply_fleet(&self, name: &str, generation: u64) -> bool {
+        self.used.store(true, Ordering::Release);
+        let floor = self.floor();
+        let mut changed = false;
+        self.map.entry_by_ref(name).and_upsert_with(|old| {
+            let old = old.map_or(
+                Gen {
+                    fleet: floor,
+                    provisional: 0,
+                },
+                |e| e.into_value(),
+            );
+            let new = Gen {
+                fleet: old.fleet.max(generation),
+                provisional: old.provisional,
+            };
+            changed = new.value() != old.value();
+            new
+        });
+        changed
+    }
+
+    /// Redis gave `generation` to the bump this instance made as `provisional`.
+    fn confirm(&self, name: &str, provisional: u64, generation: u64) {
+        self.used.store(true, Ordering::Release);
+        let floor = self.floor();
+        self.map.entry_by_ref(name).and_upsert_with(|old| {
+            let old = old.map_or(
+                Gen {
+                    fleet: floor,
+                    provisional: 0,
+                },
+                |e| e.into_value(),
+            );
+            Gen {
+                fleet: old.fleet.max(generation),
+                // A newer own bump stays provisional until its own confirmation.
+                provisional: if old.provisional == provisional {
+                    0
+                } else {
+                    old.provisional
+                },
+            }
+        });
+    }
+
+    /// Names the fleet forgot read at least `floor`.
+    fn raise_floor(&self, floor: u64) {
+        if floor > 0 {
+            self.used.store(true, Ordering::Release);
+            self.floor.fetch_max(floor, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Which generation map a name lives in (and which Redis sorted set mirrors it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenKind {
+    Scope,
+    Tree,
+    Url,
+}
+
+impl GenKind {
+    pub const ALL: [GenKind; 3] = [GenKind::Scope, GenKind::Tree, GenKind::Url];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenKind::Scope => "scope",
+            GenKind::Tree => "tree",
+            GenKind::Url => "url",
+        }
     }
 }
 
@@ -197,6 +310,8 @@ pub struct Bumped {
     pub scopes: Vec<String>,
     pub trees: Vec<String>,
     pub urls: Vec<String>,
+    /// The provisional values set, in the order scopes, trees, urls.
+    pub provisional: Vec<u64>,
 }
 
 impl Invalidation {
@@ -223,8 +338,47 @@ impl Invalidation {
         })
     }
 
+    /// A fresh provisional value (see [`PROVISIONAL`]): never reused in this process.
     fn next(&self) -> u64 {
-        self.counter.fetch_add(1, Ordering::AcqRel) + 1
+        PROVISIONAL | (self.counter.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    fn map(&self, kind: GenKind) -> &GenMap {
+        match kind {
+            GenKind::Scope => &self.scopes,
+            GenKind::Tree => &self.trees,
+            GenKind::Url => &self.urls,
+        }
+    }
+
+    /// The name as its map keys it (scopes and trees are normalised paths).
+    pub fn normalized(kind: GenKind, name: &str) -> String {
+        match kind {
+            GenKind::Scope | GenKind::Tree => normalize(name),
+            GenKind::Url => name.to_string(),
+        }
+    }
+
+    /// A fleet generation for `name` (see [`GenMap`]); true when reads of it change.
+    pub fn apply_fleet(&self, kind: GenKind, name: &str, generation: u64) -> bool {
+        self.map(kind)
+            .apply_fleet(&Self::normalized(kind, name), generation)
+    }
+
+    /// Redis numbered this instance's bump `provisional` of `name` as `generation`.
+    pub fn confirm(&self, kind: GenKind, name: &str, provisional: u64, generation: u64) {
+        self.map(kind)
+            .confirm(&Self::normalized(kind, name), provisional, generation);
+    }
+
+    /// Names the fleet no longer remembers read at least `floor`.
+    pub fn raise_floor(&self, kind: GenKind, floor: u64) {
+        self.map(kind).raise_floor(floor);
+    }
+
+    /// The generation `name` reads now.
+    pub fn current(&self, kind: GenKind, name: &str) -> u64 {
+        self.map(kind).get(&Self::normalized(kind, name))
     }
 
     /// The most specific configured scope that is a prefix of `path`, normalised.
@@ -273,19 +427,23 @@ impl Invalidation {
         out.push(self.urls.get(path_and_query));
     }
 
-    pub fn bump_scope(&self, scope: &str) {
+    /// Bumps return the provisional value they set, for the fleet link to confirm.
+    pub fn bump_scope(&self, scope: &str) -> u64 {
         let g = self.next();
         self.scopes.set(normalize(scope), g);
+        g
     }
 
-    pub fn bump_tree(&self, prefix: &str) {
+    pub fn bump_tree(&self, prefix: &str) -> u64 {
         let g = self.next();
         self.trees.set(normalize(prefix), g);
+        g
     }
 
-    pub fn bump_url(&self, path_and_query: &str) {
+    pub fn bump_url(&self, path_and_query: &str) -> u64 {
         let g = self.next();
         self.urls.set(path_and_query.to_string(), g);
+        g
     }
 
     /// Applies a successful write: the scopes of the first matching rule (or, with no rule,
@@ -331,14 +489,14 @@ impl Invalidation {
         }
         bumped.scopes.dedup();
         for s in &bumped.scopes {
-            self.bump_scope(s);
+            bumped.provisional.push(self.bump_scope(s));
             METRICS
                 .cache_invalidations
                 .with_label_values(&[InvalidationReason::Write.as_str()])
                 .inc();
         }
         for t in &bumped.trees {
-            self.bump_tree(t);
+            bumped.provisional.push(self.bump_tree(t));
             METRICS
                 .cache_invalidations
                 .with_label_values(&[InvalidationReason::Write.as_str()])
@@ -348,7 +506,7 @@ impl Invalidation {
         bumped.urls.extend(locations.iter().cloned());
         bumped.urls.dedup();
         for u in &bumped.urls {
-            self.bump_url(u);
+            bumped.provisional.push(self.bump_url(u));
             METRICS
                 .cache_invalidations
                 .with_label_values(&[InvalidationReason::Location.as_str()])
@@ -426,10 +584,10 @@ impl Invalidation {
         bumped.trees.sort();
         bumped.trees.dedup();
         for s in &bumped.scopes {
-            self.bump_scope(s);
+            bumped.provisional.push(self.bump_scope(s));
         }
         for t in &bumped.trees {
-            self.bump_tree(t);
+            bumped.provisional.push(self.bump_tree(t));
         }
         METRICS
             .cache_invalidations
@@ -677,6 +835,46 @@ mod tests {
             same_origin_target("c", "h", "/a/b").as_deref(),
             Some("/a/c")
         );
+    }
+
+    #[test]
+    fn own_bump_stays_provisional_until_redis_numbers_it() {
+        let m = GenMap::new(100);
+        assert!(m.apply_fleet("s", 10));
+        assert_eq!(m.get("s"), 10);
+        m.set("s".into(), PROVISIONAL | 1);
+        assert_eq!(m.get("s"), PROVISIONAL | 1);
+        // Another instance's later bump arrives before our confirmation: still ours (the
+        // fleet value might predate our write), but remembered.
+        m.apply_fleet("s", 12);
+        assert_eq!(m.get("s"), PROVISIONAL | 1);
+        // Our confirmation (an earlier number) leaves the newest fleet value.
+        m.confirm("s", PROVISIONAL | 1, 11);
+        assert_eq!(m.get("s"), 12);
+        // Older fleet values never move a name back.
+        assert!(!m.apply_fleet("s", 5));
+        assert_eq!(m.get("s"), 12);
+        // A confirmation of an older own bump keeps a newer provisional one.
+        m.set("s".into(), PROVISIONAL | 2);
+        m.set("s".into(), PROVISIONAL | 3);
+        m.confirm("s", PROVISIONAL | 2, 13);
+        assert_eq!(m.get("s"), PROVISIONAL | 3);
+        m.confirm("s", PROVISIONAL | 3, 14);
+        assert_eq!(m.get("s"), 14);
+    }
+
+    #[test]
+    fn fleet_floor_applies_to_unknown_names_only_upwards() {
+        let m = GenMap::new(100);
+        m.apply_fleet("known", 50);
+        m.raise_floor(40);
+        assert_eq!(m.get("unknown"), 40);
+        assert_eq!(m.get("known"), 50);
+        // A fleet value below the floor for an unknown name reads the floor.
+        m.apply_fleet("other", 30);
+        assert_eq!(m.get("other"), 40);
+        m.raise_floor(20);
+        assert_eq!(m.get("unknown"), 40);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod phase;
 pub mod policy;
 pub mod predictor;
 pub mod range;
+pub mod shared;
 pub mod status;
 pub mod storage;
 
@@ -48,7 +49,7 @@ use pingora::proxy::Session;
 use crate::compression::Compression;
 use crate::config::{CacheSettings, CompressionSettings, Share, UpstreamSettings};
 use crate::edge::{Admitted, Principal};
-use crate::metrics::{InvalidationReason, METRICS};
+use crate::metrics::METRICS;
 
 pub use invalidation::Invalidation;
 use key::Partition;
@@ -76,6 +77,8 @@ pub struct Cache {
     invalidation: Invalidation,
     /// Publishes local invalidations to the fleet (`redis.invalidation`).
     fleet: Option<fleet::Publisher>,
+    /// Whether generations match the fleet's; decides hits while they may not.
+    fleet_state: Option<std::sync::Arc<fleet::FleetState>>,
     /// Content codings: the stored coding, and what every reader serves from it.
     compression: Compression,
 }
@@ -108,32 +111,31 @@ impl Cache {
             predictor,
             invalidation: Invalidation::new(&settings.invalidation)?,
             fleet: None,
+            fleet_state: None,
             compression: Compression::new(compression),
         })
     }
 
-    /// Publishes every invalidation this instance makes to the fleet from now on.
-    pub fn set_fleet(&mut self, publisher: fleet::Publisher) {
+    /// Publishes every invalidation this instance makes to the fleet from now on, and serves
+    /// hits by `state` (see [`fleet::FleetState::allows_hit`]).
+    pub fn set_fleet(
+        &mut self,
+        publisher: fleet::Publisher,
+        state: std::sync::Arc<fleet::FleetState>,
+    ) {
         self.fleet = Some(publisher);
+        self.fleet_state = Some(state);
     }
 
-    fn publish(&self, bump: fleet::Bump) {
+    fn publish(&self, bump: fleet::Bump, provisional: u64) {
         if let Some(f) = &self.fleet {
-            f.publish(bump);
+            f.publish(bump, provisional);
         }
     }
 
-    /// Applies an invalidation another instance made.
-    pub fn apply_fleet_bump(&self, bump: &fleet::Bump) {
-        match bump {
-            fleet::Bump::Scope(s) => self.invalidation.bump_scope(s),
-            fleet::Bump::Tree(t) => self.invalidation.bump_tree(t),
-            fleet::Bump::Url(u) => self.invalidation.bump_url(u),
-        }
-        METRICS
-            .cache_invalidations
-            .with_label_values(&[InvalidationReason::Fleet.as_str()])
-            .inc();
+    /// May a stored response of this age be served as a hit, given the fleet link's state?
+    pub fn fleet_allows_hit(&self, age: Duration) -> bool {
+        self.fleet_state.as_ref().is_none_or(|s| s.allows_hit(age))
     }
 
     pub fn enabled(&self) -> bool {
@@ -314,6 +316,12 @@ impl Cache {
             return Ok(Some(ForcedFreshness::ForceFresh));
         }
         Ok(None)
+    }
+
+    /// After [`Self::cache_hit_filter`]: while this instance's generations may be behind the
+    /// fleet's, an entry too old for `redis.invalidation_outage` is revalidated, not served.
+    pub fn fleet_hit_filter(&self, meta: &CacheMeta) -> Option<ForcedFreshness> {
+        (!self.fleet_allows_hit(meta.age())).then_some(ForcedFreshness::ForceExpired)
     }
 
     /// In `proxy_upstream_filter`: the request may not go to the origin (`only-if-cached`,
@@ -524,6 +532,10 @@ impl Cache {
 
     fn refuse(&self, p: &mut Prepared, reason: NoStoreReason) -> RespCacheable {
         p.store = Some(StoreDecision::Refuse(reason));
+        if let Some(shared) = self.storage.shared() {
+            // Nothing will be stored: waiters elsewhere in the fleet fetch themselves now.
+            shared.release(&pingora::cache::key::hash_key(&p.key));
+        }
         METRICS
             .cache_store_rejections
             .with_label_values(&[reason.as_str()])
@@ -710,15 +722,16 @@ impl Cache {
                 scopes,
                 trees,
                 urls,
+                provisional,
             } = bumped;
-            scopes
+            let bumps = scopes
                 .into_iter()
-                .for_each(|s| self.publish(fleet::Bump::Scope(s)));
-            trees
-                .into_iter()
-                .for_each(|t| self.publish(fleet::Bump::Tree(t)));
-            urls.into_iter()
-                .for_each(|u| self.publish(fleet::Bump::Url(u)));
+                .map(fleet::Bump::Scope)
+                .chain(trees.into_iter().map(fleet::Bump::Tree))
+                .chain(urls.into_iter().map(fleet::Bump::Url));
+            for (b, p) in bumps.zip(provisional) {
+                self.publish(b, p);
+            }
         }
     }
 }
@@ -833,13 +846,13 @@ impl Cache {
         match target {
             // A tree bump: the scope itself and everything below it.
             PurgeTarget::Scope(s) => {
-                self.invalidation.bump_tree(s);
-                self.publish(fleet::Bump::Tree(s.clone()));
+                let p = self.invalidation.bump_tree(s);
+                self.publish(fleet::Bump::Tree(s.clone()), p);
                 "scope invalidated"
             }
             PurgeTarget::Url(u) => {
-                self.invalidation.bump_url(u);
-                self.publish(fleet::Bump::Url(u.clone()));
+                let p = self.invalidation.bump_url(u);
+                self.publish(fleet::Bump::Url(u.clone()), p);
                 "url invalidated"
             }
         }

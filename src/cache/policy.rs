@@ -335,6 +335,11 @@ mod tests {
             )),
             routes: vec![],
             invalidation: vec![],
+            shared: crate::config::SharedSettings {
+                enabled: false,
+                max_object_size: 1 << 20,
+                coalesce: true,
+            },
         }
     }
 

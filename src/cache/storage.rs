@@ -35,6 +35,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::entry::{Entry, Freshness};
+use super::shared::SharedTier;
 use crate::metrics::{EvictionCause, NoStoreReason, METRICS};
 
 struct EntryExpiry;
@@ -81,6 +82,8 @@ struct Totals {
 
 pub struct MokaStorage {
     store: moka::sync::Cache<HashBinary, Arc<Entry>>,
+    /// The shared tier behind this store (`[cache.shared]`), when enabled.
+    shared: std::sync::OnceLock<&'static SharedTier>,
     totals: Arc<Totals>,
     max_memory: u64,
     max_object_size: usize,
@@ -116,10 +119,20 @@ impl MokaStorage {
             .build();
         Self {
             store,
+            shared: std::sync::OnceLock::new(),
             totals,
             max_memory,
             max_object_size,
         }
+    }
+
+    /// Puts the shared tier behind this store: local misses look there, stores go there too.
+    pub fn attach_shared(&self, tier: &'static SharedTier) {
+        let _ = self.shared.set(tier);
+    }
+
+    pub fn shared(&self) -> Option<&'static SharedTier> {
+        self.shared.get().copied()
     }
 
     /// The entry under a storage key (primary or combined hash), if any.
@@ -203,10 +216,16 @@ impl MokaStorage {
         }
     }
 
-    fn miss_handler(&'static self, key: HashBinary, meta: &CacheMeta) -> MokaMiss {
+    fn miss_handler(
+        &'static self,
+        key: HashBinary,
+        lease: HashBinary,
+        meta: &CacheMeta,
+    ) -> MokaMiss {
         MokaMiss {
             storage: self,
             key,
+            lease,
             pending: Some((Freshness::of(meta), meta.response_header_copy())),
             // Sized up front from Content-Length (bounded by the object limit) so the body is
             // one exact allocation instead of a doubling `Vec` with slack.
@@ -293,6 +312,8 @@ impl HandleHit for MokaHit {
 pub struct MokaMiss {
     storage: &'static MokaStorage,
     key: HashBinary,
+    /// The request's primary key hash: the shared tier's lease for it is released on store.
+    lease: HashBinary,
     /// Freshness and header of the response being stored, until `finish`.
     pending: Option<(Freshness, ResponseHeader)>,
     body: Vec<u8>,
@@ -354,6 +375,9 @@ impl HandleMiss for MokaMiss {
         };
         let entry = Entry::with_header(&fresh, &header, body)?;
         let _ = self.complete;
+        if let Some(shared) = self.storage.shared() {
+            shared.store(self.key, self.lease, &entry);
+        }
         self.storage.insert(self.key, entry);
         Ok(MissFinishType::Created(len))
     }
@@ -376,9 +400,20 @@ impl Storage for MokaStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        Ok(self.store.get(&key.combined_bin()).map(|e| {
+        let bin = key.combined_bin();
+        if let Some(e) = self.store.get(&bin) {
             let hit: HitHandler = Box::new(MokaHit::new(e.body.clone()));
-            (e.to_meta(), hit)
+            return Ok(Some((e.to_meta(), hit)));
+        }
+        let Some(shared) = self.shared() else {
+            return Ok(None);
+        };
+        // A local miss: the fleet's copy, kept locally from now on.
+        let primary = key.variance_bin().is_none();
+        Ok(shared.lookup(&bin, primary).await.map(|(meta, body)| {
+            self.insert_meta(bin, &meta, body.clone());
+            let hit: HitHandler = Box::new(MokaHit::new(body));
+            (meta, hit)
         }))
     }
 
@@ -388,7 +423,11 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(self.miss_handler(key.combined_bin(), meta)))
+        Ok(Box::new(self.miss_handler(
+            key.combined_bin(),
+            key.primary_bin(),
+            meta,
+        )))
     }
 
     async fn purge(
@@ -412,7 +451,14 @@ impl Storage for MokaStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         // Revalidation (304 merged): new header and freshness, same body (pitfall 9).
-        self.replace_meta(&key.combined_bin(), meta)
+        let k = key.combined_bin();
+        let replaced = self.replace_meta(&k, meta)?;
+        if let (true, Some(shared)) = (replaced, self.shared()) {
+            if let Some(entry) = self.store.get(&k) {
+                shared.store(k, key.primary_bin(), &entry);
+            }
+        }
+        Ok(replaced)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

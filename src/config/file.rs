@@ -139,6 +139,18 @@ pub struct CacheFile {
     pub routes: Vec<CacheRouteFile>,
     /// An empty list means no rules; only an absent key takes the embedded default's.
     pub invalidation: Vec<InvalidationRuleFile>,
+    /// `[cache.shared]`: the shared tier in Redis.
+    pub shared: SharedFile,
+}
+
+/// `[cache.shared]`: a second cache tier in Redis (`[redis] url`), shared by the fleet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SharedFile {
+    pub enabled: bool,
+    /// Largest response (body + header) stored in Redis; larger ones stay local.
+    pub max_object_size: String,
+    /// One origin fetch per cold key across the fleet (a lease in Redis).
+    pub coalesce: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +208,17 @@ pub struct RedisFile {
     pub key_prefix: String,
     /// Publish and apply cache invalidations fleet-wide through Redis pub/sub.
     pub invalidation: bool,
+    /// `ttl` or `max-age`: what hits may be served while generations are not synced.
+    pub invalidation_outage: OutageFile,
+    /// With `max-age`: the oldest entry served while not synced.
+    pub invalidation_outage_max_age: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutageFile {
+    Ttl,
+    MaxAge,
 }
 
 #[derive(Debug, Clone, Deserialize)]

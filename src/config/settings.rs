@@ -228,6 +228,42 @@ pub struct CacheSettings {
     pub forward_conditional_misses: bool,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
+    pub shared: SharedSettings,
+}
+
+/// `[cache.shared]`.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    pub enabled: bool,
+    pub max_object_size: usize,
+    pub coalesce: bool,
+}
+
+impl TryFrom<file::SharedFile> for SharedSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::SharedFile) -> Result<Self, ConfigError> {
+        let max = size("cache.shared.max_object_size", &f.max_object_size)?;
+        Ok(Self {
+            enabled: f.enabled,
+            // A Redis string holds at most 512 MB; far below that, big values stall Redis.
+            max_object_size: usize::try_from(max)
+                .ok()
+                .filter(|m| *m <= 64 << 20)
+                .ok_or_else(|| invalid("cache.shared.max_object_size", "at most 64MiB"))?,
+            coalesce: f.coalesce,
+        })
+    }
+}
+
+/// `redis.invalidation_outage`: which hits are served while this instance's generations are
+/// not known to match the fleet's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutagePolicy {
+    /// Serve as usual: staleness is bounded by the route TTL.
+    Ttl,
+    /// Serve only entries at most this old; revalidate the others.
+    MaxAge(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +340,7 @@ pub struct RedisSettings {
     pub on_error: OnError,
     pub key_prefix: String,
     pub invalidation: bool,
+    pub invalidation_outage: OutagePolicy,
 }
 
 #[derive(Clone, Default)]
@@ -661,6 +698,7 @@ impl TryFrom<file::CacheFile> for CacheSettings {
             forward_conditional_misses: f.forward_conditional_misses,
             routes,
             invalidation,
+            shared: f.shared.try_into()?,
         })
     }
 }
@@ -740,6 +778,13 @@ impl TryFrom<file::RedisFile> for RedisSettings {
             on_error: f.on_error,
             key_prefix: f.key_prefix,
             invalidation: f.invalidation,
+            invalidation_outage: match f.invalidation_outage {
+                file::OutageFile::Ttl => OutagePolicy::Ttl,
+                file::OutageFile::MaxAge => OutagePolicy::MaxAge(duration(
+                    "redis.invalidation_outage_max_age",
+                    &f.invalidation_outage_max_age,
+                )?),
+            },
         })
     }
 }

@@ -335,6 +335,7 @@ mod tests {
             on_error: OnError::Local,
             key_prefix: "test".into(),
             invalidation: false,
+            invalidation_outage: crate::config::OutagePolicy::Ttl,
         }
     }
 

@@ -80,6 +80,11 @@ impl InProcess {
         }
     }
 
+    /// The gateway's cache (to ask it what it would serve).
+    pub fn cache(&self) -> &'static Cache {
+        self.cache
+    }
+
     /// Ages every stored response by `by`, as if that much time had passed.
     pub fn age(&self, by: Duration) {
         self.cache.storage().age_entries(by);

@@ -861,3 +861,97 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (Option<i32>, St
     }
     (code, out, err)
 }
+
+/// A TCP proxy between one client and a server (here: one gateway and its Redis) that the test
+/// can cut and restore. Cut: every open connection is shut down and new ones are closed as soon
+/// as they are accepted, so the client sees exactly what a network partition with resets looks
+/// like while everyone else still reaches the server directly.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    state: Arc<CutState>,
+}
+
+#[derive(Default)]
+struct CutState {
+    cut: std::sync::atomic::AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl CutProxy {
+    pub fn start(to: SocketAddr) -> CutProxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let state = Arc::new(CutState::default());
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("cut-proxy".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if st.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(down) = conn else { continue };
+                    if st.cut.load(Ordering::Acquire) {
+                        let _ = down.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    let Ok(up) = TcpStream::connect(to) else {
+                        continue;
+                    };
+                    let (Ok(d2), Ok(u2)) = (down.try_clone(), up.try_clone()) else {
+                        continue;
+                    };
+                    {
+                        let mut open = st.open.lock().unwrap_or_else(|e| e.into_inner());
+                        open.extend([d2, u2]);
+                    }
+                    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                        });
+                    };
+                    let (Ok(d3), Ok(u3)) = (down.try_clone(), up.try_clone()) else {
+                        continue;
+                    };
+                    pipe(down, u3);
+                    pipe(up, d3);
+                }
+            })
+            .expect("spawn the proxy");
+        CutProxy { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Cuts every connection through the proxy, and every new one until [`Self::restore`].
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.state.cut.store(true, Ordering::Release);
+        let mut open = self.state.open.lock().unwrap_or_else(|e| e.into_inner());
+        for s in open.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.state.stop.store(true, Ordering::Release);
+        self.cut();
+        // Wake the accept loop so it sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,195 @@
+//! One Redis connection for request-path calls outside rate limiting (the shared cache tier
+//! and its leases): made in the background on first use and kept by a `ConnectionManager`
+//! (which reconnects by itself), every call bounded by `redis.timeout` (the wait for the
+//! connection included), and after a failure Redis is skipped for a short, growing backoff
+//! (100 ms … 1 s) so an outage does not cost every request a timeout. Errors are counted in
+//! `raster_edge_redis_errors_total{op}`; callers fall back (to local-only caching), never fail
+//! the request.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisSettings;
+use crate::metrics::{RedisErrorKind, RedisOp, METRICS};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+/// The client for `[redis] url`.
+pub fn client(settings: &RedisSettings) -> anyhow::Result<redis::Client> {
+    Ok(redis::Client::open(settings.url.as_str())?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("redis call timed out")]
+    Timeout,
+    #[error("redis skipped after a recent failure")]
+    Backoff,
+    #[error("not inside a tokio runtime")]
+    NoRuntime,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl LinkError {
+    pub fn kind(&self) -> RedisErrorKind {
+        match self {
+            LinkError::Timeout | LinkError::Backoff => RedisErrorKind::Timeout,
+            LinkError::NoRuntime => RedisErrorKind::NoRuntime,
+            LinkError::Redis(e) => RedisErrorKind::of(e),
+        }
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    conn: OnceLock<ConnectionManager>,
+    connecting: AtomicBool,
+    ready: tokio::sync::Notify,
+}
+
+pub struct RedisLink {
+    inner: Arc<Inner>,
+    op: RedisOp,
+    timeout: Duration,
+    base: Instant,
+    skip_until: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl RedisLink {
+    /// Parses the URL; does not connect (that happens in the background on first use).
+    pub fn new(settings: &RedisSettings, op: RedisOp) -> anyhow::Result<Self> {
+        let timeout = settings.timeout.max(Duration::from_millis(1));
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(500)
+            .set_connection_timeout(timeout.max(Duration::from_millis(500)))
+            .set_response_timeout(timeout.max(Duration::from_millis(500)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client: client(settings)?,
+                config,
+                conn: OnceLock::new(),
+                connecting: AtomicBool::new(false),
+                ready: tokio::sync::Notify::new(),
+            }),
+            op,
+            timeout,
+            base: Instant::now(),
+            skip_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+    }
+
+    pub fn in_backoff(&self) -> bool {
+        let until = self.skip_until.load(Ordering::Acquire);
+        until != 0 && self.now_ns() < until
+    }
+
+    /// Runs `f` on the connection within `redis.timeout`. Failures are counted and start the
+    /// backoff; [`LinkError::Backoff`] means no call was made.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self.in_backoff() {
+            return Err(LinkError::Backoff);
+        }
+        let run = async {
+            let conn = self.connection().await?;
+            Ok::<T, LinkError>(f(conn).await?)
+        };
+        let result = match tokio::time::timeout(self.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Timeout),
+        };
+        match &result {
+            Ok(_) => {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                    self.skip_until.store(0, Ordering::Release);
+                }
+            }
+            Err(e) => {
+                METRICS
+                    .redis_errors
+                    .with_label_values(&[self.op.as_str(), e.kind().as_str()])
+                    .inc();
+                let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
+                let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
+                let until = self.now_ns() + u64::try_from(backoff.as_nanos()).unwrap_or(0);
+                self.skip_until.store(until.max(1), Ordering::Release);
+                tracing::debug!(error = %e, ?backoff, op = self.op.as_str(), "redis call failed");
+            }
+        }
+        result
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, LinkError> {
+        if let Some(c) = self.inner.conn.get() {
+            return Ok(c.clone());
+        }
+        self.start_connector()?;
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.inner.conn.get() {
+                return Ok(c.clone());
+            }
+            notified.await;
+        }
+    }
+
+    fn start_connector(&self) -> Result<(), LinkError> {
+        if self.inner.connecting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.connecting.store(false, Ordering::Release);
+            return Err(LinkError::NoRuntime);
+        };
+        let inner = self.inner.clone();
+        handle.spawn(async move {
+            loop {
+                match ConnectionManager::new_with_config(inner.client.clone(), inner.config.clone())
+                    .await
+                {
+                    Ok(c) => {
+                        let _ = inner.conn.set(c);
+                        inner.ready.notify_waiters();
+                        return;
+                    }
+                    Err(e) => {
+                        METRICS
+                            .redis_errors
+                            .with_label_values(&[
+                                RedisOp::Connect.as_str(),
+                                RedisErrorKind::of(&e).as_str(),
+                            ])
+                            .inc();
+                        tracing::warn!(error = %e, "redis connection failed; retrying");
+                        tokio::time::sleep(CONNECT_RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
