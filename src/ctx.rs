@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cache::{CacheCtx, CacheStatus};
 use crate::edge::{Admitted, Principal};
 use crate::errors::GatewayError;
+use crate::live::LiveSettings;
 use crate::metrics::UpstreamErrorKind;
 use crate::ratelimit::Decision;
 use crate::routes::OTHER_ROUTE;
@@ -121,11 +122,14 @@ pub struct RequestCtx {
     pub request_body_bytes: u64,
     /// A write's request body for invalidation rules.
     pub write_body: WriteBody,
+    /// The live configuration this request runs on, read once when it starts: a reload swaps
+    /// in the next one for later requests only.
+    pub live: Arc<LiveSettings>,
     _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
-    pub fn new(in_flight: &InFlight) -> Self {
+    pub fn new(in_flight: &InFlight, live: Arc<LiveSettings>) -> Self {
         Self {
             start: Instant::now(),
             subrequest: false,
@@ -143,6 +147,7 @@ impl RequestCtx {
             upstream_error: None,
             request_body_bytes: 0,
             write_body: WriteBody::Empty,
+            live,
             _in_flight: in_flight.enter(),
         }
     }

@@ -8,6 +8,7 @@
 //! polls, and an idle gateway has no timers of its own.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +22,14 @@ use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
 use crate::cache::Cache;
-use crate::config::Settings;
+use crate::config::effective::Effective;
+use crate::config::{Overrides, Settings};
 use crate::ctx::InFlight;
 use crate::gateway::Gateway;
-use crate::ratelimit::RateLimiter;
+use crate::handover::Handover;
+use crate::live::{Live, LiveSettings};
+use crate::ratelimit::{Limits, RateLimiter};
+use crate::reload::{self, ReloadHook, Reloader, Trigger};
 use crate::upstream::Upstream;
 
 static LOG_GUARD: parking_lot::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
@@ -51,28 +56,52 @@ pub fn check_ports(addrs: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
 }
 
 /// SIGTERM: graceful terminate (and start draining); SIGINT: fast stop; SIGQUIT: hand the
-/// listening sockets to a new process (zero-downtime upgrade).
-pub struct Signals;
+/// listening sockets to a new process (zero-downtime upgrade); SIGHUP: reload the config file
+/// (and keep running whatever the outcome).
+pub struct Signals {
+    reloader: Option<Arc<Reloader>>,
+}
+
+impl Signals {
+    pub fn new(reloader: Option<Arc<Reloader>>) -> Self {
+        Self { reloader }
+    }
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: no new connections; finishing in-flight requests");
-                ShutdownSignal::GracefulTerminate
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: no new connections; finishing in-flight requests");
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => {
+                    tracing::info!("SIGQUIT: handing the listeners to the new process; every response now closes its connection");
+                    crate::handover::start();
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = hup.recv() => match &self.reloader {
+                    Some(r) => {
+                        let r = r.clone();
+                        // The outcome is logged and counted by the reloader itself.
+                        let _ = tokio::task::spawn_blocking(move || r.reload(Trigger::Sighup)).await;
+                    }
+                    None => tracing::warn!("SIGHUP: this gateway has no reloader; ignored"),
+                },
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         }
     }
 }
@@ -97,6 +126,11 @@ impl BackgroundService for Drain {
             }
         }
         let started = Instant::now();
+        if crate::handover::handing_over() {
+            // Connections accepted just before the listeners closed still get their request
+            // read and answered (see `handover`): no exit before that.
+            tokio::time::sleep(crate::handover::SETTLE + DRAIN_SETTLE).await;
+        }
         loop {
             self.in_flight.idle().await;
             tokio::time::sleep(DRAIN_SETTLE).await;
@@ -118,12 +152,31 @@ impl BackgroundService for Drain {
 pub struct Instance {
     server: Server,
     cache: &'static Cache,
+    reloader: Arc<Reloader>,
+}
+
+/// How the process was started, beyond the settings: what a reload reads again, and whether
+/// this process takes its listeners over from a running one.
+#[derive(Debug, Clone, Default)]
+pub struct Boot {
+    /// The `--config` file (`None`: the embedded default, nothing to reload).
+    pub config_path: Option<PathBuf>,
+    /// Command-line overrides, applied again on every reload.
+    pub overrides: Overrides,
+    /// `--upgrade`: receive the listening sockets from the process that gets SIGQUIT (through
+    /// the upgrade socket in `server.runtime_dir`) instead of binding them.
+    pub upgrade: bool,
 }
 
 impl Instance {
     /// The cache this instance serves from (tests age its entries instead of sleeping).
     pub fn cache(&self) -> &'static Cache {
         self.cache
+    }
+
+    /// Reloads the configuration (what SIGHUP and `POST /admin/reload` do).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Runs until `signal` says stop.
@@ -134,15 +187,23 @@ impl Instance {
     }
 }
 
+/// Builds the gateway from settings made in process (no file to reload, no upgrade).
+pub fn build(settings: Settings) -> anyhow::Result<Instance> {
+    build_with(Effective::from_settings(settings), Boot::default())
+}
+
 /// Builds the gateway: the proxy service with the [`Gateway`], the admin service, and the
 /// background services (readiness, drain, fleet invalidation), all stopping on the server's
 /// shutdown.
-pub fn build(settings: Settings) -> anyhow::Result<Instance> {
-    let settings = Arc::new(settings);
-    check_ports(&[
-        ("listen.proxy", settings.listen.proxy),
-        ("listen.admin", settings.listen.admin),
-    ])?;
+pub fn build_with(effective: Effective, boot: Boot) -> anyhow::Result<Instance> {
+    let settings = Arc::new(effective.settings.clone());
+    if !boot.upgrade {
+        // With --upgrade the old process holds these ports until it hands them over.
+        check_ports(&[
+            ("listen.proxy", settings.listen.proxy),
+            ("listen.admin", settings.listen.admin),
+        ])?;
+    }
     let dir = &settings.server.runtime_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create runtime dir {}", dir.display()))?;
@@ -161,7 +222,11 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: boot.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     if settings.edge.key_id_secret_generated {
@@ -184,33 +249,60 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         ));
     }
     let limiter = if settings.rate_limit.enabled {
-        Some(RateLimiter::new(&settings.rate_limit, &settings.redis)?)
+        Some(Arc::new(RateLimiter::new(
+            &settings.rate_limit,
+            &settings.redis,
+        )?))
     } else {
         None
     };
     let upstream = Upstream::start(settings.upstream.clone());
     let in_flight = InFlight::default();
+    let live = Live::new(LiveSettings::new(&effective));
+
+    // What a reload updates besides the request snapshot: each is prepared against the new
+    // settings, and committed only when all of them (and the snapshot) prepared.
+    let mut hooks: Vec<Box<dyn ReloadHook>> = Vec::new();
+    if let Some(limiter) = &limiter {
+        let limiter = limiter.clone();
+        hooks.push(reload::hook("rate_limit", move |next| {
+            let limits = Limits::new(&next.rate_limit)?;
+            let limiter = limiter.clone();
+            Ok(Box::new(move || limiter.set_limits(limits)))
+        }));
+    }
+    // RELOAD HOOK for TLS certificates: when the `tls` module lands, push its reload here (and
+    // add its keys, e.g. "tls.cert_file", to reload::LIVE_KEYS), e.g.
+    // hooks.push(reload::hook("tls", move |next| tls.prepare_reload(&next.tls)));
+    let reloader = Arc::new(Reloader::new(
+        boot.config_path.clone(),
+        boot.overrides.clone(),
+        effective,
+        live.clone(),
+        hooks,
+    ));
+
     let gateway = Gateway::new(
         settings.clone(),
+        live.clone(),
         cache,
         limiter,
         upstream.clone(),
         in_flight.clone(),
     );
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "raster-edge proxy",
+    let mut proxy = Service::new(
+        "raster-edge proxy".to_string(),
+        Handover::new(pingora::proxy::http_proxy(&server.configuration, gateway)),
     );
     proxy.add_tcp(&settings.listen.proxy.to_string());
 
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
         "raster-edge admin".to_string(),
-        Admin::new(settings.admin.token.clone(), cache, ready.clone())
+        Admin::new(live, cache, ready.clone())
             .with_upstream(upstream)
-            .with_settings(settings.clone()),
+            .with_reloader(reloader.clone()),
     );
     admin_service.add_tcp(&settings.listen.admin.to_string());
 
@@ -227,11 +319,17 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         upstream = %settings.upstream.url,
         "raster-edge starting"
     );
-    Ok(Instance { server, cache })
+    Ok(Instance {
+        server,
+        cache,
+        reloader,
+    })
 }
 
 /// Runs the gateway until a signal tells it to stop.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
-    build(settings)?.run(Box::new(Signals));
+pub fn run(effective: Effective, boot: Boot) -> anyhow::Result<()> {
+    let instance = build_with(effective, boot)?;
+    let signals = Signals::new(Some(instance.reloader.clone()));
+    instance.run(Box::new(signals));
     Ok(())
 }

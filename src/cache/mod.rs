@@ -64,6 +64,26 @@ pub struct FreshHit {
     pub status: CacheStatus,
 }
 
+/// The part of the cache's configuration a reload replaces (route rules and TTLs, what may be
+/// stored, client revalidation, invalidation rules). The gateway reads it once per request and
+/// hands it to the steps that decide; the store, the lock and the generations stay.
+/// `settings` also holds the keys that cannot change live, equal to the boot values (a reload
+/// that changes one is refused).
+#[derive(Debug, Clone)]
+pub struct CacheLive {
+    pub settings: CacheSettings,
+    pub rules: invalidation::Rules,
+}
+
+impl CacheLive {
+    pub fn new(settings: &CacheSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+            rules: invalidation::Rules::new(&settings.invalidation),
+        }
+    }
+}
+
 pub struct Cache {
     settings: CacheSettings,
     authority: String,
@@ -97,7 +117,7 @@ impl Cache {
             storage,
             lock,
             predictor,
-            invalidation: Invalidation::new(&settings.invalidation)?,
+            invalidation: Invalidation::new(),
             fleet: None,
         })
     }
@@ -147,6 +167,7 @@ impl Cache {
         admitted: Admitted,
         route: Option<usize>,
         pinned_version: Option<&str>,
+        live: &CacheLive,
     ) -> CacheCtx {
         if !self.settings.enabled {
             return CacheCtx::Bypass(BypassReason::Disabled);
@@ -154,7 +175,7 @@ impl Cache {
         if let Err(reason) = policy::request_cacheable(req) {
             return CacheCtx::Bypass(reason);
         }
-        let partition = match (self.settings.share, admitted.principal) {
+        let partition = match (live.settings.share, admitted.principal) {
             (Share::Shared, _) => Partition::Shared,
             (Share::PerKey, Principal::Key(id)) => Partition::Key(id),
             (Share::PerKey, Principal::Anonymous) => Partition::Anonymous,
@@ -166,7 +187,8 @@ impl Cache {
         let path = req.uri.path();
         let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
         let mut generations = Vec::with_capacity(8);
-        self.invalidation.generations(path, pq, &mut generations);
+        self.invalidation
+            .generations(&live.rules, path, pq, &mut generations);
         CacheCtx::Prepared(Prepared {
             key: key::primary(&key::KeyParts {
                 authority: &self.authority,
@@ -177,7 +199,7 @@ impl Cache {
             }),
             partition,
             route,
-            force_revalidate: self.settings.honor_client_no_cache
+            force_revalidate: live.settings.honor_client_no_cache
                 && policy::client_wants_revalidation(req),
             lookup: Lookup::NotYet,
             store: None,
@@ -290,6 +312,7 @@ impl Cache {
         req: &RequestHeader,
         resp: &ResponseHeader,
         ctx: &mut CacheCtx,
+        live: &CacheLive,
     ) -> pingora::Result<RespCacheable> {
         let Some(p) = ctx.prepared_mut() else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
@@ -307,9 +330,9 @@ impl Cache {
             }
             None => resp,
         };
-        let route = p.route.and_then(|i| self.settings.routes.get(i));
+        let route = p.route.and_then(|i| live.settings.routes.get(i));
         let now = SystemTime::now();
-        match policy::decide(&self.settings, route, req, resp, now) {
+        match policy::decide(&live.settings, route, req, resp, now) {
             Ok(f) => {
                 p.store = Some(StoreDecision::Store);
                 // RFC 9111 §4.2.3: corrected initial age = the origin's Age + response delay
@@ -499,7 +522,13 @@ impl Cache {
 
     /// Step 5, with the response header of a write before it goes downstream: a successful
     /// write invalidates the scopes it touched. `body` is the inspected request body, if any.
-    pub fn after_write(&self, req: &RequestHeader, resp: &ResponseHeader, body: Option<&[u8]>) {
+    pub fn after_write(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        body: Option<&[u8]>,
+        live: &CacheLive,
+    ) {
         if !self.settings.enabled || !(200..400).contains(&resp.status.as_u16()) {
             return;
         }
@@ -511,9 +540,9 @@ impl Cache {
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| invalidation::same_origin_target(v, &self.authority, path))
             .collect();
-        let bumped = self
-            .invalidation
-            .on_write(&req.method, path, pq, body, &locations);
+        let bumped =
+            self.invalidation
+                .on_write(&live.rules, &req.method, path, pq, body, &locations);
         tracing::debug!(?bumped, "write invalidated");
         if self.fleet.is_some() {
             let invalidation::Bumped {

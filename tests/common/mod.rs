@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod inproc;
+pub mod keepalive;
 
 /// A gateway a test talks to: the real binary ([`Edge`]) or the server inside the test process
 /// ([`inproc::InProcess`]).
