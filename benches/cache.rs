@@ -56,6 +56,9 @@ fn settings() -> CacheSettings {
         fast_path: true,
         targeted_cache_control: None,
         store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
+        heuristic_percent: 10,
+        heuristic_max_ttl: Duration::from_secs(3600),
+        forward_conditional_misses: false,
         routes: routes(),
         invalidation: vec![],
     }

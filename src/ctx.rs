@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cache::{CacheCtx, CacheStatus};
+use crate::compression::{Accepted, Encoding, SyncTransform};
 use crate::edge::{Admitted, Principal};
 use crate::errors::GatewayError;
 use crate::live::LiveSettings;
@@ -125,6 +126,16 @@ pub struct RequestCtx {
     /// The live configuration this request runs on, read once when it starts: a reload swaps
     /// in the next one for later requests only.
     pub live: Arc<LiveSettings>,
+    /// A `POST` to Raster's GraphQL endpoint (`[graphql]`).
+    pub graphql: bool,
+    /// The client's `Accept-Encoding`, normalised.
+    pub accepted: Accepted,
+    /// Compresses the origin's body before the store and the client see it.
+    pub upstream_transform: Option<SyncTransform>,
+    /// Decodes (or transcodes) the body for a client that does not accept its coding.
+    pub client_transform: Option<SyncTransform>,
+    /// A `/me` answer's body being read for its organization, with its coding.
+    pub me_body: Option<(Encoding, Vec<u8>)>,
     _in_flight: InFlightGuard,
 }
 
@@ -148,6 +159,11 @@ impl RequestCtx {
             request_body_bytes: 0,
             write_body: WriteBody::Empty,
             live,
+            graphql: false,
+            accepted: Accepted::IDENTITY_ONLY,
+            upstream_transform: None,
+            client_transform: None,
+            me_body: None,
             _in_flight: in_flight.enter(),
         }
     }

@@ -279,6 +279,8 @@ pub struct Edge {
     settings: EdgeSettings,
     hasher: KeyIdHasher,
     pinned_key_id: Option<KeyId>,
+    /// `graphql.path` when `graphql.enabled`: `POST` there needs a key but no `Api-Version`.
+    graphql: Option<crate::routes::PathPattern>,
 }
 
 impl Edge {
@@ -289,7 +291,23 @@ impl Edge {
             settings,
             hasher,
             pinned_key_id,
+            graphql: None,
         }
+    }
+
+    /// Admits `POST path` as Raster's GraphQL endpoint (`[graphql]`).
+    pub fn with_graphql(mut self, path: Option<crate::routes::PathPattern>) -> Self {
+        self.graphql = path;
+        self
+    }
+
+    /// Whether this request is for the GraphQL endpoint.
+    pub fn is_graphql(&self, req: &RequestHeader) -> bool {
+        req.method == Method::POST
+            && self
+                .graphql
+                .as_ref()
+                .is_some_and(|p| p.matches(path_only(req.uri.path())))
     }
 
     pub fn hasher(&self) -> &KeyIdHasher {
@@ -346,6 +364,8 @@ impl Edge {
             .filter(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
         let inject_version = match version {
             Some(_) => false,
+            // Raster's GraphQL endpoint takes no Api-Version: none is required or added.
+            None if self.is_graphql(req) => false,
             None if self.settings.api_version.is_some() => true,
             // Anonymous routes still need a version: the origin checks it before anything else.
             None if self.settings.require_api_version => {
@@ -477,6 +497,29 @@ mod tests {
             );
         }
         assert!(!is_reserved_path("/administrators"));
+    }
+
+    #[test]
+    fn graphql_endpoint_needs_a_key_but_no_version() {
+        let mut s = settings();
+        s.api_version = Some("2026-05-20".into());
+        let e = Edge::new(s).with_graphql(Some(PathPattern::parse("/").unwrap()));
+        let key = [("authorization", "Bearer demo-read")];
+        let ok = e.check(&req("POST", "/", &key)).unwrap();
+        assert!(matches!(ok.principal, Principal::Key(_)));
+        assert!(!ok.inject_version, "GraphQL never gets an Api-Version");
+        assert_eq!(
+            e.check(&req("POST", "/", &[])),
+            Err(GatewayError::Unauthenticated)
+        );
+        assert!(e.is_graphql(&req("POST", "/", &key)));
+        assert!(!e.is_graphql(&req("GET", "/", &key)));
+        assert!(!e.is_graphql(&req("POST", "/me", &key)));
+        let off = Edge::new(settings()).with_graphql(None);
+        assert_eq!(
+            off.check(&req("POST", "/", &key)),
+            Err(GatewayError::ApiVersionRequired)
+        );
     }
 
     #[test]

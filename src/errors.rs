@@ -50,6 +50,10 @@ pub enum GatewayError {
     EndpointNotFound,
     #[error("internal gateway error")]
     Internal,
+    /// `Cache-Control: only-if-cached` (honoured with `cache.honor_client_no_cache`) and no
+    /// stored response can satisfy the request (RFC 9111 §5.2.1.7).
+    #[error("only-if-cached: no stored response satisfies this request")]
+    NotCached,
 }
 
 impl GatewayError {
@@ -67,6 +71,7 @@ impl GatewayError {
             Self::MethodNotAllowed => 405,
             Self::EndpointNotFound => 404,
             Self::Internal => 500,
+            Self::NotCached => 504,
         }
     }
 
@@ -86,6 +91,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::EndpointNotFound => "ENDPOINT_NOT_FOUND",
             Self::Internal => "INTERNAL_SERVER_ERROR",
+            Self::NotCached => "NOT_CACHED",
         }
     }
 

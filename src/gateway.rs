@@ -16,16 +16,19 @@ use http::Method;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log;
-use crate::cache::Cache;
+use crate::cache::invalidation::GraphqlWrite;
+use crate::cache::{BypassReason, Cache, CacheCtx};
+use crate::compression::{content_coding, Accepted, Coded, Encoding};
 use crate::config::{Count, Settings};
 use crate::ctx::{InFlight, RequestCtx};
 use crate::edge::Principal;
 use crate::errors::{self, GatewayError};
+use crate::graphql::{self, KnownOrgs};
 use crate::live::Live;
 use crate::metrics::METRICS;
 use crate::ratelimit::{RateLimiter, Subject};
@@ -41,6 +44,8 @@ pub struct Gateway {
     cache: &'static Cache,
     upstream: Arc<Upstream>,
     in_flight: InFlight,
+    /// Key id → organization, for GraphQL mutations that do not say it.
+    orgs: KnownOrgs,
 }
 
 impl Gateway {
@@ -53,6 +58,7 @@ impl Gateway {
         in_flight: InFlight,
     ) -> Self {
         Self {
+            orgs: KnownOrgs::new(settings.graphql.max_known_keys),
             settings,
             live,
             limiter,
@@ -109,7 +115,35 @@ impl Gateway {
     fn counts(&self, ctx: &RequestCtx, count: Count) -> bool {
         self.settings.rate_limit.enabled && ctx.live.settings.rate_limit.count == count
     }
+
+    /// A GraphQL answer: a 2xx to a mutation (or to a body that cannot be read) invalidates
+    /// what it may have changed, for every key.
+    fn after_graphql(&self, resp: &ResponseHeader, ctx: &RequestCtx) {
+        if !resp.status.is_success() {
+            return;
+        }
+        let g = &self.settings.graphql;
+        let effect = graphql::classify(ctx.write_body.inspected(), &g.library_arguments);
+        let libraries = match &effect {
+            graphql::Effect::Read => return,
+            graphql::Effect::Libraries(l) => Some(l.as_slice()),
+            graphql::Effect::Unknown => None,
+        };
+        let org = ctx
+            .principal()
+            .and_then(|p| p.key_id())
+            .and_then(|k| self.orgs.get(&k));
+        self.cache.after_graphql(&GraphqlWrite {
+            org: org.as_deref(),
+            libraries,
+            library_scopes: &g.library_scopes,
+            organization_scopes: &g.organization_scopes,
+        });
+    }
 }
+
+/// Largest `/me` body read for its organization.
+const MAX_ME_BODY: usize = 16 * 1024;
 
 /// Sends `err` as the whole response, closing the connection after it where the error says the
 /// stream can no longer be trusted (framing errors).
@@ -178,6 +212,8 @@ impl ProxyHttp for Gateway {
             Err(e) => return self.reject(session, ctx, e).await,
         };
         ctx.admitted = Some(admitted);
+        ctx.graphql = ctx.live.edge.is_graphql(session.req_header());
+        ctx.accepted = Accepted::parse(session.req_header());
         let declared = session
             .req_header()
             .headers
@@ -196,13 +232,17 @@ impl ProxyHttp for Gateway {
         }
 
         // 3. The cache: is this request its business, and under which key?
-        ctx.cache = self.cache.prepare(
-            session.req_header(),
-            admitted,
-            ctx.route_index,
-            ctx.live.edge.pinned_api_version(),
-            &ctx.live.cache,
-        );
+        ctx.cache = if ctx.graphql {
+            CacheCtx::Bypass(BypassReason::Graphql)
+        } else {
+            self.cache.prepare(
+                session.req_header(),
+                admitted,
+                ctx.route_index,
+                ctx.live.edge.pinned_api_version(),
+                &ctx.live.cache,
+            )
+        };
 
         // 4. A fresh hit is answered here, without the cache state machine. A background
         //    refresh must reach the origin, so it never takes this step.
@@ -248,7 +288,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.cache.request_cache_filter(session, &ctx.cache)
+        self.cache.request_cache_filter(session, &mut ctx.cache)
     }
 
     fn cache_key_callback(
@@ -262,12 +302,34 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
-        self.cache.cache_hit_filter(session, &mut ctx.cache)
+        self.cache
+            .cache_hit_filter(session, meta, is_fresh, &mut ctx.cache)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        Ok(crate::cache::conditional::not_modified(
+            session.req_header(),
+            resp,
+        ))
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        self.cache.range_header_filter(session.req_header(), resp)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
@@ -280,12 +342,8 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<RespCacheable> {
-        self.cache.response_cache_filter(
-            session.req_header(),
-            resp,
-            &mut ctx.cache,
-            &ctx.live.cache,
-        )
+        self.cache
+            .response_cache_filter(session, resp, &mut ctx.cache, &ctx.live.cache)
     }
 
     fn cache_vary_filter(
@@ -311,6 +369,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        // only-if-cached: nothing stored could answer (a background refresh is the cache's own).
+        if !ctx.subrequest && self.cache.only_if_cached(&ctx.cache) {
+            ctx.error = Some(GatewayError::NotCached);
+            send_error(session, ctx, GatewayError::NotCached).await?;
+            return Ok(false);
+        }
         // Rate limit, when only upstream-bound requests count (cache hits never get here).
         if self.counts(ctx, Count::Upstream) && self.rate_limit(session, ctx).await? {
             return Ok(false);
@@ -333,8 +397,16 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.cache.upstream_request(session.req_header(), req);
+        self.cache.upstream_request(&*session, &ctx.cache, req)?;
         self.upstream.rewrite_request(req)?;
+        let storable = ctx.cache.prepared().is_some();
+        if let Some(ae) = self
+            .cache
+            .compression()
+            .upstream_accept(&ctx.accepted, storable)
+        {
+            req.insert_header(http::header::ACCEPT_ENCODING, ae)?;
+        }
         if let Some(a) = ctx.admitted {
             if a.inject_key {
                 if let Some(key) = ctx.live.edge.pinned_api_key() {
@@ -352,7 +424,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -368,7 +440,66 @@ impl ProxyHttp for Gateway {
         self.cache
             .upstream_response(resp, ctx.upstream_time.unwrap_or_default(), &mut ctx.cache);
         self.upstream.rewrite_response(resp);
+        let req = session.req_header();
+        if req.method == Method::GET
+            && resp.status.is_success()
+            && req.uri.path() == "/me"
+            && ctx.principal().and_then(|p| p.key_id()).is_some()
+        {
+            let coding = match content_coding(resp) {
+                Coded::Plain => Some(Encoding::Identity),
+                Coded::Known(e) => Some(e),
+                Coded::Opaque => None,
+            };
+            ctx.me_body = coding.map(|c| (c, Vec::new()));
+        }
+        // Compressed once here, before the store sees it: in the store coding when the
+        // response may be stored, else in the client's preferred coding.
+        let target = if ctx.cache.prepared().is_some() {
+            self.settings.compression.store
+        } else {
+            ctx.accepted.preferred()
+        };
+        let head = req.method == Method::HEAD;
+        ctx.upstream_transform = self.cache.compression().upstream_plan(resp, target, head)?;
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        let mut over = false;
+        if let (Some((_, buf)), Some(chunk)) = (&mut ctx.me_body, body.as_ref()) {
+            over = buf.len() + chunk.len() > MAX_ME_BODY;
+            if !over {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        if over {
+            ctx.me_body = None;
+        }
+        if end_of_stream {
+            if let (Some((coding, buf)), Some(key)) =
+                (ctx.me_body.take(), ctx.principal().and_then(|p| p.key_id()))
+            {
+                let plain = self.cache.compression().decode_all(coding, &buf);
+                if let Some(org) = plain.ok().and_then(|b| graphql::me_organization(&b)) {
+                    self.orgs.learn(key, &org);
+                }
+            }
+        }
+        if let Some(t) = &ctx.upstream_transform {
+            let input = body.take().unwrap_or_default();
+            let out = t.push(&input, end_of_stream).map_err(|e| {
+                Error::because(ErrorType::InternalError, "compressing the origin's body", e)
+            })?;
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -377,7 +508,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if is_write(&session.req_header().method) {
+        if ctx.graphql {
+            // Before the client sees the answer, so its next REST read is fresh.
+            self.after_graphql(resp, ctx);
+        } else if is_write(&session.req_header().method) {
             // Before the client sees the write's response, so its next read is fresh.
             self.cache.after_write(
                 session.req_header(),
@@ -385,6 +519,13 @@ impl ProxyHttp for Gateway {
                 ctx.write_body.inspected(),
                 &ctx.live.cache,
             );
+        } else if resp.status.is_success() {
+            if let (Some(key), Some(org)) = (
+                ctx.principal().and_then(|p| p.key_id()),
+                graphql::org_of_path(session.req_header().uri.path()),
+            ) {
+                self.orgs.learn(key, org);
+            }
         }
         if ctx.subrequest {
             // A background refresh: nobody sees this response, and the client request that
@@ -399,7 +540,29 @@ impl ProxyHttp for Gateway {
             ctx.upstream_status,
             ctx.route,
         )?;
+        ctx.client_transform = self.cache.compression().client_plan(resp, &ctx.accepted)?;
         response::decorate(resp, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        if let Some(t) = &ctx.client_transform {
+            let input = body.take().unwrap_or_default();
+            let out = t.push(&input, end_of_stream).map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "decoding the body for the client",
+                    e,
+                )
+            })?;
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

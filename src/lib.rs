@@ -8,7 +8,9 @@
 //! that strings these together, one hook per step; docs/ARCHITECTURE.md walks through it.
 //! [`config`] turns the TOML file into validated [`config::Settings`]; [`server`] builds the
 //! Pingora server from them; [`admin`] serves health, metrics, purge, cache inspection, live [`stats`] and a status page
-//! on a separate listener.
+//! on a separate listener. [`compression`] (content codings for every reader of the store) and
+//! [`graphql`] (Raster's GraphQL endpoint: what a mutation invalidates) are called from the
+//! gateway's hooks.
 //!
 //! The Raster API simulator is not part of this library: it lives in the `raster-mock` binary's
 //! own module tree (`src/bin/raster-mock/`), so the gateway never links it.
@@ -16,11 +18,13 @@
 pub mod access_log;
 pub mod admin;
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod ctx;
 pub mod edge;
 pub mod errors;
 pub mod gateway;
+pub mod graphql;
 pub mod handover;
 pub mod live;
 pub mod metrics;

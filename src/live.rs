@@ -43,7 +43,12 @@ impl LiveSettings {
                     .iter()
                     .map(|r| (&r.pattern, r.name.as_str())),
             ),
-            edge: Edge::new(settings.edge.clone()),
+            edge: Edge::new(settings.edge.clone()).with_graphql(
+                settings
+                    .graphql
+                    .enabled
+                    .then(|| settings.graphql.path.clone()),
+            ),
             cache: CacheLive::new(&settings.cache),
             hash: effective.hash(),
             settings,

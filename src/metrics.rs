@@ -94,6 +94,7 @@ label_values! {
         LockTimeout => "lock-timeout",
         Uncacheable => "uncacheable",
         Head => "head",
+        RequestNoStore => "request-no-store",
     }
 }
 
@@ -104,6 +105,7 @@ label_values! {
         Location => "location",
         Purge => "purge",
         Fleet => "fleet",
+        Graphql => "graphql",
     }
 }
 

@@ -233,7 +233,7 @@ pub fn build_with(effective: Effective, boot: Boot) -> anyhow::Result<Instance> 
         tracing::warn!("edge.key_id_secret is not set: key ids are random for this process (tiers by key id will not match)");
     }
     // Storage hooks take `&'static self`: the cache lives as long as the process.
-    let mut cache = Cache::new(&settings.cache, &settings.upstream)?;
+    let mut cache = Cache::new(&settings.cache, &settings.upstream, &settings.compression)?;
     let fleet_rx = if settings.redis.invalidation && settings.cache.enabled {
         let (publisher, rx) = crate::cache::fleet::channel();
         cache.set_fleet(publisher);

@@ -1008,13 +1008,18 @@ async fn test_cache_client_no_cache_only_honoured_when_configured() {
 }
 
 #[tokio::test]
-async fn test_cache_range_requests_pass_through() {
+async fn test_cache_range_requests_served_from_the_stored_response() {
     let (mock, edge) = start("", ROUTES);
     let path = format!("{BCN}/tags");
-    get(&edge, &path, "demo-read").await;
+    let whole = get(&edge, &path, "demo-read").await;
     let g = get_with(&edge, &path, "demo-read", &[("range", "bytes=0-3")]).await;
-    assert_eq!(g.x_cache(), "BYPASS");
-    assert_eq!(mock.requests().await, 2);
+    assert_eq!((g.status, g.x_cache()), (206, "HIT"));
+    assert_eq!(g.body, whole.body[..4]);
+    assert_eq!(
+        g.headers["content-range"],
+        format!("bytes 0-3/{}", whole.body.len()).as_str()
+    );
+    assert_eq!(mock.requests().await, 1);
 }
 
 #[tokio::test]

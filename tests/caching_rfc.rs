@@ -234,8 +234,13 @@ async fn test_rfc_qualified_no_cache_and_private_fields_are_not_served_from_stor
             "fields",
         ))
     });
-    for (share, user_kept) in [("shared", false), ("per-key", true)] {
-        let edge = gateway(&origin, share, "");
+    for (share, user_kept, fast_path) in [
+        ("shared", false, true),
+        ("shared", false, false),
+        ("per-key", true, true),
+        ("per-key", true, false),
+    ] {
+        let edge = gateway(&origin, share, &format!("fast_path = {fast_path}"));
         let miss = get(&edge, "/fields").await;
         assert_eq!(
             miss.h("x-secret"),
@@ -512,5 +517,571 @@ async fn test_rfc_if_none_match_uses_weak_comparison() {
     ] {
         let g = send(client().get(edge.url("/w")).header("if-none-match", inm)).await;
         assert_eq!((g.status, g.x_cache()), (status, "HIT"), "{inm}");
+    }
+}
+
+const RANGED_BODY: &str = "0123456789abcdefghij";
+const LAST_MODIFIED: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+
+/// An origin with a 20-byte body, a strong ETag and a strong Last-Modified (Date 5 s later),
+/// that records whether it was ever sent `Range` / `If-Range`.
+fn ranged_origin() -> (RawOrigin, Arc<AtomicUsize>) {
+    let ranged = Arc::new(AtomicUsize::new(0));
+    let seen = ranged.clone();
+    let origin = RawOrigin::start(move |head| {
+        if has_header(head, "range") || has_header(head, "if-range") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        Some(response(
+            "200 OK",
+            &lines(&[
+                "etag: \"r1\"",
+                "cache-control: max-age=60",
+                "content-type: text/plain",
+                "last-modified: Tue, 01 Dec 2026 10:00:00 GMT",
+                "date: Tue, 01 Dec 2026 10:00:05 GMT",
+            ]),
+            RANGED_BODY,
+        ))
+    });
+    (origin, ranged)
+}
+
+async fn ranged(edge: &impl Target, range: &str, extra: &[(&str, &str)]) -> Got {
+    let mut req = client().get(edge.url("/ranged")).header("range", range);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    send(req).await
+}
+
+#[tokio::test]
+async fn test_rfc_range_requests_are_answered_from_the_stored_response() {
+    for fast_path in [true, false] {
+        let (origin, origin_saw_range) = ranged_origin();
+        let edge = gateway(&origin, "shared", &format!("fast_path = {fast_path}"));
+        // A miss: the whole response is fetched (no Range upstream) and stored; the client
+        // gets its range of it.
+        let miss = ranged(&edge, "bytes=0-3", &[]).await;
+        assert_eq!((miss.status, miss.body.as_str()), (206, "0123"));
+        assert_eq!(miss.h("content-range"), "bytes 0-3/20");
+        assert_eq!(miss.x_cache(), "MISS");
+        for (range, body, content_range) in [
+            ("bytes=-5", "fghij", "bytes 15-19/20"),
+            ("bytes=10-", "abcdefghij", "bytes 10-19/20"),
+            ("bytes=5-5", "5", "bytes 5-5/20"),
+            ("bytes=15-99", "fghij", "bytes 15-19/20"),
+        ] {
+            let g = ranged(&edge, range, &[]).await;
+            assert_eq!((g.status, g.body.as_str()), (206, body), "{range}");
+            assert_eq!(g.h("content-range"), content_range, "{range}");
+            assert_eq!(g.h("content-length"), body.len().to_string(), "{range}");
+            assert_eq!(g.h("etag"), "\"r1\"");
+            assert_eq!(g.x_cache(), "HIT", "{range} (fast_path = {fast_path})");
+        }
+        // Unsatisfiable: 416 with the complete length.
+        let g = ranged(&edge, "bytes=30-", &[]).await;
+        assert_eq!((g.status, g.h("content-range")), (416, "bytes */20"));
+        // Several ranges: multipart/byteranges, each part with its Content-Range.
+        let g = ranged(&edge, "bytes=0-1,5-6", &[]).await;
+        assert_eq!(g.status, 206);
+        assert!(g
+            .h("content-type")
+            .starts_with("multipart/byteranges; boundary="));
+        assert!(
+            g.body.contains("Content-Range: bytes 0-1/20\r\n\r\n01\r\n"),
+            "{}",
+            g.body
+        );
+        assert!(
+            g.body.contains("Content-Range: bytes 5-6/20\r\n\r\n56\r\n"),
+            "{}",
+            g.body
+        );
+        assert_eq!(g.h("content-length"), g.body.len().to_string());
+        // If-Range: strong comparison against the stored validators.
+        for (if_range, ranged_answer) in [
+            ("\"r1\"", true),
+            ("\"r0\"", false),
+            ("W/\"r1\"", false),
+            (LAST_MODIFIED, true),
+            ("Tue, 01 Dec 2026 10:00:01 GMT", false),
+        ] {
+            let g = ranged(&edge, "bytes=0-3", &[("if-range", if_range)]).await;
+            let want = if ranged_answer {
+                (206, "0123")
+            } else {
+                (200, RANGED_BODY)
+            };
+            assert_eq!((g.status, g.body.as_str()), want, "If-Range {if_range}");
+            assert_eq!(g.x_cache(), "HIT");
+        }
+        // Range is defined for GET only: a HEAD with Range is a plain HEAD.
+        let h = send(
+            client()
+                .head(edge.url("/ranged"))
+                .header("range", "bytes=0-3"),
+        )
+        .await;
+        assert_eq!((h.status, h.h("content-length")), (200, "20"));
+        // A plain GET still gets the whole response.
+        let g = get(&edge, "/ranged").await;
+        assert_eq!(
+            (g.status, g.body.as_str(), g.x_cache()),
+            (200, RANGED_BODY, "HIT")
+        );
+        assert_eq!(hits(&origin), 1, "fast_path = {fast_path}");
+        assert_eq!(origin_saw_range.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test]
+async fn test_rfc_heuristic_freshness_from_last_modified_in_shared_mode() {
+    let origin = RawOrigin::start(|head| {
+        let now = std::time::SystemTime::now();
+        let ago = |s: u64| httpdate::fmt_http_date(now - Duration::from_secs(s));
+        let line = request_line(head);
+        // 10% of 10,000 s = 1,000 s; 10% of 100 days is capped at heuristic_max_ttl (1 h).
+        let modified = if line.contains("/old") {
+            8_640_000
+        } else {
+            10_000
+        };
+        let status = if line.contains("/gone") {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
+        Some(response(
+            status,
+            &[
+                format!("date: {}", ago(0)),
+                format!("last-modified: {}", ago(modified)),
+            ],
+            "h",
+        ))
+    });
+    let ttl = |g: &Got| -> i64 {
+        g.h("cache-status")
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(i64::MIN)
+    };
+    let shared = gateway(&origin, "shared", "");
+    for (path, range) in [
+        ("/recent", 995..=1000),
+        ("/old", 3595..=3600),
+        ("/gone", 995..=1000),
+    ] {
+        get(&shared, path).await;
+        let g = get(&shared, path).await;
+        assert_eq!(g.x_cache(), "HIT", "{path}: {}", g.h("cache-status"));
+        assert!(range.contains(&ttl(&g)), "{path}: {}", g.h("cache-status"));
+    }
+    // Per-key mode keeps Raster's route rules (none here, default_ttl 0): not stored; the 404
+    // gets negative_ttl, not the heuristic.
+    let per_key = gateway(&origin, "per-key", "");
+    get(&per_key, "/recent").await;
+    assert_ne!(get(&per_key, "/recent").await.x_cache(), "HIT");
+    get(&per_key, "/gone").await;
+    let g = get(&per_key, "/gone").await;
+    assert_eq!(g.x_cache(), "HIT");
+    assert!((0..=5).contains(&ttl(&g)), "{}", g.h("cache-status"));
+    // Configurable: 0 turns it off.
+    let off = gateway(&origin, "shared", "heuristic_percent = 0");
+    get(&off, "/recent").await;
+    assert_ne!(get(&off, "/recent").await.x_cache(), "HIT");
+}
+
+async fn get_cc(edge: &impl Target, path: &str, cc: &str) -> Got {
+    send(client().get(edge.url(path)).header("cache-control", cc)).await
+}
+
+#[tokio::test]
+async fn test_rfc_request_directives_when_honoured() {
+    for fast_path in [true, false] {
+        let (origin, seen) = revalidating_origin(
+            &["etag: \"d1\"", "cache-control: max-age=100"],
+            &["etag: \"d1\"", "cache-control: max-age=100"],
+        );
+        let edge = gateway(
+            &origin,
+            "shared",
+            &format!("honor_client_no_cache = true\nfast_path = {fast_path}"),
+        );
+        let at = |what: &str| format!("{what} (fast_path = {fast_path})");
+        assert_eq!(get(&edge, "/d").await.x_cache(), "MISS");
+        edge.age(Duration::from_secs(10));
+        // max-age: age 10 is acceptable under 20, not under 5.
+        assert_eq!(
+            get_cc(&edge, "/d", "max-age=20").await.x_cache(),
+            "HIT",
+            "{}",
+            at("max-age=20")
+        );
+        assert_eq!(
+            get_cc(&edge, "/d", "max-age=5").await.x_cache(),
+            "REVALIDATED",
+            "{}",
+            at("max-age=5")
+        );
+        // min-fresh: 100 s left after the revalidation; 95 more is fine, 150 is not.
+        assert_eq!(
+            get_cc(&edge, "/d", "min-fresh=95").await.x_cache(),
+            "HIT",
+            "{}",
+            at("min-fresh=95")
+        );
+        assert_eq!(
+            get_cc(&edge, "/d", "min-fresh=150").await.x_cache(),
+            "REVALIDATED",
+            "{}",
+            at("min-fresh")
+        );
+        assert_eq!(get_cc(&edge, "/d", "only-if-cached").await.x_cache(), "HIT");
+        let origin_before = hits(&origin);
+        // Stale by 50 s: max-stale=60 takes it as is; max-stale=10 does not.
+        edge.age(Duration::from_secs(150));
+        let g = get_cc(&edge, "/d", "max-stale=60").await;
+        assert_eq!(
+            (g.x_cache(), g.body.as_str()),
+            ("HIT", "stored body"),
+            "{}",
+            at("max-stale=60")
+        );
+        let g = get_cc(&edge, "/d", "max-stale").await;
+        assert_eq!(g.x_cache(), "HIT", "{}", at("max-stale"));
+        // only-if-cached with nothing usable: 504 in the gateway's envelope, origin untouched.
+        let g = get_cc(&edge, "/d", "max-stale=10, only-if-cached").await;
+        assert_eq!(g.status, 504, "{}", at("only-if-cached, stale"));
+        let err: serde_json::Value = serde_json::from_str(&g.body).expect("envelope");
+        assert_eq!(err["error"]["code"], "NOT_CACHED");
+        let g = get_cc(&edge, "/never", "only-if-cached").await;
+        assert_eq!(g.status, 504);
+        assert_eq!(hits(&origin), origin_before, "{}", at("origin untouched"));
+        // no-store: the response to this request is not stored (a stored one may be used).
+        assert_eq!(get_cc(&edge, "/ns", "no-store").await.x_cache(), "MISS");
+        assert_eq!(get(&edge, "/ns").await.x_cache(), "MISS");
+        assert_eq!(get_cc(&edge, "/ns", "no-store").await.x_cache(), "HIT");
+        assert!(seen.lock().unwrap().iter().all(|l| !l.contains("/never")));
+    }
+    // must-revalidate forbids serving stale, max-stale or not.
+    let origin = RawOrigin::start(|_| {
+        Some(response(
+            "200 OK",
+            &lines(&["cache-control: max-age=10, must-revalidate", "etag: \"m\""]),
+            "m",
+        ))
+    });
+    let edge = gateway(&origin, "shared", "honor_client_no_cache = true");
+    get(&edge, "/m").await;
+    edge.age(Duration::from_secs(20));
+    assert_ne!(get_cc(&edge, "/m", "max-stale").await.x_cache(), "HIT");
+    // Not honoured unless configured: only-if-cached and max-stale are ignored.
+    let (origin, _) = revalidating_origin(&["etag: \"d1\"", "cache-control: max-age=100"], &[]);
+    let edge = gateway(&origin, "shared", "");
+    assert_eq!(get_cc(&edge, "/x", "only-if-cached").await.status, 200);
+    edge.age(Duration::from_secs(150));
+    assert_ne!(get_cc(&edge, "/x", "max-stale").await.x_cache(), "HIT");
+}
+
+/// An origin whose GET answers 200 (etag "h1", `get_cc`, x-version: 1) and whose HEAD always
+/// answers 200 whatever the conditions, with `head_headers`.
+fn head_origin(
+    get_cc: &'static str,
+    head_headers: &'static [&'static str],
+) -> (RawOrigin, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let origin = RawOrigin::start(move |head| {
+        let line = request_line(head);
+        log.lock().unwrap().push(line.clone());
+        if line.starts_with("HEAD") {
+            let mut out = String::from("HTTP/1.1 200 OK\r\n");
+            for h in head_headers {
+                out.push_str(&format!("{h}\r\n"));
+            }
+            out.push_str("content-length: 11\r\n\r\n");
+            Some(out.into_bytes())
+        } else {
+            Some(response(
+                "200 OK",
+                &lines(&["etag: \"h1\"", get_cc, "x-version: 1"]),
+                "stored body",
+            ))
+        }
+    });
+    (origin, seen)
+}
+
+#[tokio::test]
+async fn test_rfc_head_200_with_matching_validators_updates_the_stored_get() {
+    for fast_path in [true, false] {
+        let (origin, seen) = head_origin(
+            "cache-control: max-age=1",
+            &["etag: \"h1\"", "cache-control: max-age=60", "x-version: 2"],
+        );
+        let edge = gateway(&origin, "shared", &format!("fast_path = {fast_path}"));
+        get(&edge, "/hu").await;
+        edge.age(Duration::from_secs(2));
+        let h = head(&edge, "/hu").await;
+        assert_eq!((h.status, h.h("x-version")), (200, "2"));
+        assert_eq!(seen.lock().unwrap()[1], "HEAD /hu HTTP/1.1");
+        let g = get(&edge, "/hu").await;
+        assert_eq!(
+            (g.x_cache(), g.h("x-version")),
+            ("HIT", "2"),
+            "fast_path = {fast_path}"
+        );
+        assert_eq!(g.h("cache-control"), "max-age=60");
+        assert_eq!(g.body, "stored body");
+        assert_eq!(hits(&origin), 2);
+    }
+    // Different validators: the stored GET is not updated (and, fresh, it is marked stale).
+    let (origin, _) = head_origin(
+        "cache-control: max-age=1",
+        &["etag: \"h2\"", "cache-control: max-age=60", "x-version: 2"],
+    );
+    let edge = gateway(&origin, "shared", "honor_client_no_cache = true");
+    get(&edge, "/hd").await;
+    edge.age(Duration::from_secs(2));
+    head(&edge, "/hd").await;
+    let g = get(&edge, "/hd").await;
+    assert_ne!(g.x_cache(), "HIT");
+    assert_eq!(g.h("x-version"), "1");
+    // A fresh stored GET, a HEAD the client wants validated, a changed ETag: stale now.
+    let (origin, _) = head_origin(
+        "cache-control: max-age=600",
+        &["etag: \"h2\"", "cache-control: max-age=60"],
+    );
+    let edge = gateway(&origin, "shared", "honor_client_no_cache = true");
+    get(&edge, "/hs").await;
+    assert_eq!(get(&edge, "/hs").await.x_cache(), "HIT");
+    send(
+        client()
+            .head(edge.url("/hs"))
+            .header("cache-control", "no-cache"),
+    )
+    .await;
+    assert_ne!(get(&edge, "/hs").await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn test_rfc_client_conditional_is_forwarded_on_a_miss_when_configured() {
+    let (origin, _) = revalidating_origin(
+        &["etag: \"c1\"", "cache-control: max-age=60"],
+        &["etag: \"c1\""],
+    );
+    let inm = |edge: &InProcess| {
+        send(
+            client()
+                .get(edge.url("/c"))
+                .header("if-none-match", "\"c1\""),
+        )
+    };
+    let edge = gateway(&origin, "shared", "forward_conditional_misses = true");
+    // Nothing stored: the client's condition goes to the origin, its 304 comes back, nothing
+    // is stored.
+    let g = inm(&edge).await;
+    assert_eq!(
+        (g.status, g.x_cache()),
+        (304, "MISS"),
+        "{}",
+        g.h("cache-status")
+    );
+    assert_eq!(get(&edge, "/c").await.x_cache(), "MISS");
+    // Stored now: the cache answers the condition itself.
+    let g = inm(&edge).await;
+    assert_eq!((g.status, g.x_cache()), (304, "HIT"));
+    assert_eq!(hits(&origin), 2);
+    // Off (the default): the miss fetches and stores the whole response, then answers 304.
+    let (origin, _) = revalidating_origin(&["etag: \"c1\"", "cache-control: max-age=60"], &[]);
+    let edge = gateway(&origin, "shared", "");
+    let g = inm(&edge).await;
+    assert_eq!((g.status, g.x_cache()), (304, "MISS"));
+    assert_eq!(get(&edge, "/c").await.x_cache(), "HIT");
+    assert_eq!(hits(&origin), 1);
+}
+
+#[tokio::test]
+async fn test_rfc_entity_tags_are_parsed_and_if_match_goes_to_the_origin() {
+    let preconditions = Arc::new(AtomicUsize::new(0));
+    let seen = preconditions.clone();
+    let origin = RawOrigin::start(move |head| {
+        if has_header(head, "if-match") && has_header(head, "if-unmodified-since") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        let line = request_line(head);
+        let etag = if line.contains("/unquoted") {
+            "etag: v1"
+        } else {
+            "etag: \"v1\""
+        };
+        Some(response(
+            "200 OK",
+            &lines(&[etag, "cache-control: max-age=60"]),
+            "tagged",
+        ))
+    });
+    for fast_path in [true, false] {
+        let edge = gateway(&origin, "shared", &format!("fast_path = {fast_path}"));
+        let inm = |path: &str, v: &str| {
+            send(
+                client()
+                    .get(edge.url(path))
+                    .header("if-none-match", v.to_string()),
+            )
+        };
+        get(&edge, "/quoted").await;
+        get(&edge, "/unquoted").await;
+        for (path, value, status) in [
+            ("/quoted", "\"v1\"", 304),
+            ("/quoted", "\"a,b\", W/\"v1\"", 304),
+            // Not an entity-tag: matches nothing.
+            ("/quoted", "v1", 200),
+            // An unquoted stored ETag is not one either: only `*` matches it.
+            ("/unquoted", "v1", 200),
+            ("/unquoted", "*", 304),
+        ] {
+            let g = inm(path, value).await;
+            assert_eq!(
+                (g.status, g.x_cache()),
+                (status, "HIT"),
+                "{path} {value} (fast_path = {fast_path})"
+            );
+        }
+        // If-Match / If-Unmodified-Since are the origin's to evaluate: passed through.
+        let before = hits(&origin);
+        let g = send(
+            client()
+                .get(edge.url("/quoted"))
+                .header("if-match", "\"v1\"")
+                .header("if-unmodified-since", LAST_MODIFIED),
+        )
+        .await;
+        assert_eq!((g.status, g.x_cache()), (200, "BYPASS"));
+        assert_eq!(hits(&origin), before + 1);
+    }
+    assert_eq!(preconditions.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn test_rfc_range_on_a_response_over_max_object_size() {
+    // An origin that honours Range itself, with a 4 KiB body.
+    let body: String = "x".repeat(4096);
+    let ranged = Arc::new(AtomicUsize::new(0));
+    let seen = ranged.clone();
+    let origin = RawOrigin::start(move |head| {
+        let cc = "cache-control: max-age=60".to_string();
+        if has_header(head, "range") {
+            seen.fetch_add(1, Ordering::SeqCst);
+            return Some(response(
+                "206 Partial Content",
+                &[cc, "content-range: bytes 0-3/4096".into()],
+                "xxxx",
+            ));
+        }
+        Some(response("200 OK", &[cc], &body))
+    });
+    let edge = gateway(&origin, "shared", "max_object_size = \"1KiB\"");
+    // The first one fetches the whole response to store it, finds it too large: the client
+    // gets the whole 200 (a server may ignore Range), and nothing is stored.
+    let first = ranged_get(&edge, "/big").await;
+    assert_eq!((first.status, first.body.len()), (200, 4096));
+    // The key is now known to be uncacheable: Range goes to the origin, its 206 comes back.
+    let second = ranged_get(&edge, "/big").await;
+    assert_eq!((second.status, second.body.as_str()), (206, "xxxx"));
+    assert_eq!(second.h("content-range"), "bytes 0-3/4096");
+    assert_eq!(ranged.load(Ordering::SeqCst), 1);
+}
+
+async fn ranged_get(edge: &impl Target, path: &str) -> Got {
+    send(client().get(edge.url(path)).header("range", "bytes=0-3")).await
+}
+
+#[tokio::test]
+async fn test_rfc_a_response_stored_without_date_gets_its_time_of_receipt() {
+    // RFC 9110 §6.6.1: the cache records when it received a response without Date. Seen here
+    // through If-Range: a Last-Modified is a strong validator only with a Date a second or
+    // more after it, so without the recorded Date the range would not be served.
+    let origin = RawOrigin::start(|_| {
+        Some(response(
+            "200 OK",
+            &lines(&[
+                "cache-control: max-age=60",
+                "last-modified: Tue, 01 Dec 2026 10:00:00 GMT",
+            ]),
+            RANGED_BODY,
+        ))
+    });
+    for fast_path in [true, false] {
+        let edge = gateway(&origin, "shared", &format!("fast_path = {fast_path}"));
+        get(&edge, "/no-date").await;
+        let g = send(
+            client()
+                .get(edge.url("/no-date"))
+                .header("range", "bytes=0-3")
+                .header("if-range", LAST_MODIFIED),
+        )
+        .await;
+        assert_eq!(
+            (g.status, g.body.as_str(), g.x_cache()),
+            (206, "0123", "HIT")
+        );
+    }
+}
+
+#[tokio::test]
+async fn test_rfc_request_no_store_does_not_refresh_a_stale_entry() {
+    let (origin, _) = revalidating_origin(
+        &[
+            "etag: \"s1\"",
+            "cache-control: max-age=1, stale-while-revalidate=60",
+        ],
+        &["etag: \"s1\"", "cache-control: max-age=60"],
+    );
+    let edge = gateway(&origin, "shared", "honor_client_no_cache = true");
+    get(&edge, "/ns-stale").await;
+    edge.age(Duration::from_secs(2));
+    // no-store: nothing of the response is stored, a 304's update included. The request takes
+    // no cache lock, so it revalidates itself instead of a background refresh.
+    let g = get_cc(&edge, "/ns-stale", "no-store").await;
+    assert_eq!(
+        (g.x_cache(), g.body.as_str()),
+        ("REVALIDATED", "stored body")
+    );
+    assert!(
+        g.h("cache-status").contains("fwd-status=304"),
+        "{}",
+        g.h("cache-status")
+    );
+    // Still stale for the next request, which serves it stale and refreshes it.
+    let g = get(&edge, "/ns-stale").await;
+    assert_eq!(g.x_cache(), "STALE", "{}", g.h("cache-status"));
+}
+
+#[tokio::test]
+async fn test_rfc_must_understand_overrides_no_store() {
+    let origin = per_path_origin(&[
+        (
+            "/mu",
+            &["cache-control: max-age=60, no-store, must-understand"],
+        ),
+        ("/ns", &["cache-control: max-age=60, no-store"]),
+    ]);
+    for share in ["shared", "per-key"] {
+        let edge = gateway(&origin, share, "");
+        for (path, stored) in [("/mu", true), ("/ns", false)] {
+            get(&edge, path).await;
+            let g = get(&edge, path).await;
+            assert_eq!(
+                g.x_cache() == "HIT",
+                stored,
+                "{share} {path}: {}",
+                g.h("cache-status")
+            );
+        }
     }
 }

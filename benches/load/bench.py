@@ -331,6 +331,8 @@ def run_wrk(args, target_base: str, env: dict, duration: float, connections: int
     if hot_path is not None:
         argv += ["-H", "Authorization: Bearer demo-read", "-H", f"Api-Version: {API_VERSION}"]
         url = target_base + hot_path
+        if env.get("BENCH_ACCEPT_ENCODING"):
+            argv += ["-H", f"Accept-Encoding: {env['BENCH_ACCEPT_ENCODING']}"]
     argv.append(url)
     e = dict(os.environ)
     e.update({k: str(v) for k, v in env.items()})
@@ -402,10 +404,25 @@ def scenario_list(args, pages: dict) -> list[dict]:
         {"id": "stampede", "title": f"cold-key stampede, {args.stampede} concurrent, "
          f"origin {args.stampede_latency_ms} ms", "kind": "stampede", "path": hot1},
     ]
+    scen += compression_scenarios(args, pages)
     if args.scenarios:
         want = set(args.scenarios.split(","))
         scen = [s for s in scen if s["id"] in want]
     return scen
+
+
+def compression_scenarios(args, pages: dict) -> list[dict]:
+    """Hot-key hits for a gzip client, beside the identity rows hot-1k / hot-32k: raster-edge
+    serves the gzip body it stored once (and decodes it for the identity rows); nginx caches
+    the identity body and gzips each hit (`gzip on`); Varnish stores gzip (`do_gzip`) and
+    gunzips for identity clients, like raster-edge."""
+    out = []
+    for size in ("1k", "32k"):
+        out.append({"id": f"hot-{size}-gzip",
+                    "title": f"hot key, {pages[size]['body_bytes']} B body, gzip client",
+                    "kind": "wrk", "mode": "hot", "path": pages[size]["path"],
+                    "conns": args.connections, "accept_encoding": "gzip"})
+    return out
 
 
 def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) -> dict:
@@ -416,7 +433,8 @@ def measure_wrk(args, sc: dict, t: Target, origin: Target, rep: int, log: Path) 
         path += f"&set={sc['id']}-{rep}"
     env = {"BENCH_MODE": sc["mode"], "BENCH_PATH": path, "BENCH_KEYS": args.keys,
            "BENCH_APIKEYS": ",".join(API_KEYS), "BENCH_ZIPF_S": args.zipf_s,
-           "BENCH_NONCE": f"{args.stamp}-{t.name}-{rep}"}
+           "BENCH_NONCE": f"{args.stamp}-{t.name}-{rep}",
+           "BENCH_ACCEPT_ENCODING": sc.get("accept_encoding", "")}
     hot = sc["path"] if sc["mode"] == "hot" else None
     info: dict = {}
     if sc.get("prewarm"):

@@ -8,8 +8,8 @@
 //! `Cache-Control` keeps its own looser grammar and is parsed by pingora-cache.
 
 use http::header::HeaderName;
-use pingora::cache::cache_control::CacheControl;
-use pingora::http::ResponseHeader;
+use pingora::cache::cache_control::{CacheControl, DirectiveKey};
+use pingora::http::{RequestHeader, ResponseHeader};
 use sfv::{BareItem, ListEntry, Parser};
 
 /// The directives that matter to storing and freshness.
@@ -23,6 +23,9 @@ pub struct Directives {
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): store only a status the cache understands, and
+    /// then `no-store` does not apply.
+    pub must_understand: bool,
     pub max_age: Option<u32>,
     pub s_maxage: Option<u32>,
     pub stale_while_revalidate: Option<u32>,
@@ -95,6 +98,7 @@ pub fn from_targeted(resp: &ResponseHeader, name: &HeaderName) -> Option<Directi
             "public" => d.public |= on,
             "must-revalidate" => d.must_revalidate |= on,
             "proxy-revalidate" => d.proxy_revalidate |= on,
+            "must-understand" => d.must_understand |= on,
             "no-cache" => match v {
                 BareItem::String(s) => d.no_cache_fields = field_list(s),
                 _ => d.no_cache |= on,
@@ -137,6 +141,7 @@ fn from_cache_control(resp: &ResponseHeader) -> Option<Directives> {
         public: cc.public(),
         must_revalidate: cc.must_revalidate(),
         proxy_revalidate: cc.proxy_revalidate(),
+        must_understand: cc.has_key("must-understand"),
         max_age,
         s_maxage: cc.s_maxage().ok().flatten(),
         stale_while_revalidate: cc.stale_while_revalidate().ok().flatten(),
@@ -168,6 +173,85 @@ fn conflicting_max_age(resp: &ResponseHeader) -> bool {
         }
     }
     false
+}
+
+/// The request directives of RFC 9111 §5.2.1 a client may send, honoured only with
+/// `cache.honor_client_no_cache = true` (otherwise a client could defeat the cache in front of
+/// a rate-limited origin). Parsed with pingora-cache's `Cache-Control` parser; `Pragma:
+/// no-cache` counts as `no-cache` when the request has no `Cache-Control` (RFC 9111 §5.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestDirectives {
+    /// `no-cache` (or `Pragma: no-cache`): validate with the origin before using a stored
+    /// response.
+    pub no_cache: bool,
+    /// `no-store`: do not store the response to this request (a stored one may still be used).
+    pub no_store: bool,
+    /// `max-age=N`: the stored response's age may not exceed N.
+    pub max_age: Option<u32>,
+    /// `min-fresh=N`: the stored response must stay fresh for at least N more seconds.
+    pub min_fresh: Option<u32>,
+    /// `max-stale[=N]`: a stale response is acceptable, stale by at most N seconds
+    /// (`Some(None)`: by any amount).
+    pub max_stale: Option<Option<u32>>,
+    /// `only-if-cached`: answer from storage or with 504, never from the origin.
+    pub only_if_cached: bool,
+}
+
+impl RequestDirectives {
+    pub fn of(req: &RequestHeader) -> Self {
+        let Some(cc) = CacheControl::from_req_headers(req) else {
+            let pragma = req
+                .headers
+                .get_all(http::header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("no-cache"));
+            return Self {
+                no_cache: pragma,
+                ..Self::default()
+            };
+        };
+        let value = |name: &str| cc.directives.get(&DirectiveKey::from_lowercase(name));
+        // An invalid value (negative, not a number) makes the directive invalid: ignored.
+        let seconds = |name: &str| {
+            value(name)
+                .and_then(|v| v.as_ref())
+                .and_then(|v| v.parse_as_delta_seconds().ok())
+        };
+        Self {
+            // `no-cache` has no arguments in a request; any form counts.
+            no_cache: value("no-cache").is_some(),
+            no_store: cc.no_store(),
+            max_age: seconds("max-age"),
+            min_fresh: seconds("min-fresh"),
+            max_stale: match value("max-stale") {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(v)) => v.parse_as_delta_seconds().ok().map(Some),
+            },
+            only_if_cached: cc.only_if_cached(),
+        }
+    }
+
+    /// Whether a stored response of this age (seconds) with this much freshness left (seconds,
+    /// negative once stale) may be used without validation: `max-age`, `min-fresh` and
+    /// `no-cache` checked here; `max-stale` is [`Self::accepts_stale`].
+    pub fn accepts(&self, age: u64, fresh_left: i64) -> bool {
+        !self.no_cache
+            && self.max_age.is_none_or(|m| age <= u64::from(m))
+            && self.min_fresh.is_none_or(|m| fresh_left >= i64::from(m))
+    }
+
+    /// Whether a response stale by `staleness` seconds is acceptable to this client
+    /// (`max-stale`), before the response's own `must-revalidate` & co are considered.
+    pub fn accepts_stale(&self, staleness: u64) -> bool {
+        match self.max_stale {
+            None => false,
+            Some(None) => true,
+            Some(Some(n)) => staleness <= u64::from(n),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +322,46 @@ mod tests {
         assert_eq!(Directives::of(&r, None).unwrap().max_age, Some(0));
         let r = resp(&[("cache-control", "max-age=60, max-age=60")]);
         assert_eq!(Directives::of(&r, None).unwrap().max_age, Some(60));
+    }
+
+    fn req(headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn request_directives() {
+        let d = RequestDirectives::of(&req(&[(
+            "cache-control",
+            "max-age=10, min-fresh=5, max-stale=30, only-if-cached, no-store",
+        )]));
+        assert_eq!(d.max_age, Some(10));
+        assert_eq!(d.min_fresh, Some(5));
+        assert_eq!(d.max_stale, Some(Some(30)));
+        assert!(d.only_if_cached && d.no_store && !d.no_cache);
+        assert!(d.accepts(10, 5));
+        assert!(!d.accepts(11, 5));
+        assert!(!d.accepts(1, 4));
+        assert!(d.accepts_stale(30) && !d.accepts_stale(31));
+        let any = RequestDirectives::of(&req(&[("cache-control", "max-stale")]));
+        assert_eq!(any.max_stale, Some(None));
+        assert!(any.accepts_stale(u64::MAX));
+        let pragma = RequestDirectives::of(&req(&[("pragma", "no-cache")]));
+        assert!(pragma.no_cache && !pragma.accepts(0, 100));
+        // Pragma is ignored when Cache-Control is present (RFC 9111 §5.4).
+        let both = RequestDirectives::of(&req(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=5"),
+        ]));
+        assert!(!both.no_cache);
+        let invalid = RequestDirectives::of(&req(&[("cache-control", "max-age=-1, min-fresh=x")]));
+        assert_eq!((invalid.max_age, invalid.min_fresh), (None, None));
+        assert_eq!(
+            RequestDirectives::of(&req(&[])),
+            RequestDirectives::default()
+        );
     }
 }

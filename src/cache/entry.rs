@@ -229,6 +229,24 @@ impl Entry {
         self.keep_until
     }
 
+    /// The same entry, stale from `now` on (one second before, as `Age` and `ttl` count
+    /// whole seconds).
+    pub fn staled(&self, now: SystemTime) -> Entry {
+        let until = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        Entry {
+            header: self.header.clone(),
+            fresh_until: until.min(self.fresh_until),
+            created: self.created,
+            epoch: self.epoch,
+            swr_secs: self.swr_secs,
+            sie_secs: self.sie_secs,
+            variance: self.variance,
+            body: self.body.clone(),
+            keep_until: self.keep_until,
+            weight: self.weight,
+        }
+    }
+
     /// The same entry, `by` older: freshness, stale windows, `Age` and the store's expiry all
     /// move together (see `MokaStorage::age_entries`).
     pub fn aged(&self, by: Duration) -> Entry {

@@ -2,8 +2,10 @@
 //! about a third more per hit; docs/ARCHITECTURE.md). Same store, same key, same variance rule
 //! (primary slot first, then the variant's secondary slot, which must not predate the primary),
 //! same headers: the stored header, `Age`, `X-Cache`, `Cache-Status`, a 304 for a matching
-//! `If-None-Match` / `If-Modified-Since` (pingora's own `not_modified_filter`), no body for HEAD.
-//! Everything else (miss, stale, revalidation, Range, client no-cache, coalescing) falls through
+//! `If-None-Match` / `If-Modified-Since` ([`super::conditional`], as the state machine's
+//! `cache_not_modified_filter`), no body for HEAD.
+//! Everything else (miss, stale, revalidation, Range, client no-cache / max-age / min-fresh /
+//! max-stale, coalescing) falls through
 //! to the state machine. The gateway adds its own headers and writes the response.
 
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use std::time::SystemTime;
 use pingora::cache::key::{hash_key, CacheHashKey};
 use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::conditional_filter::{not_modified_filter, to_304};
+use pingora::protocols::http::conditional_filter::to_304;
 
 use super::entry::Entry;
 use super::{key, Cache, FreshHit, Outcome, Prepared};
+use crate::compression::Accepted;
 
 /// The stored entry this request would be served, if it is fresh.
 fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<Entry>> {
@@ -50,20 +53,35 @@ pub fn fresh_hit(
     p: &Prepared,
     route_label: &'static str,
 ) -> pingora::Result<Option<FreshHit>> {
-    if p.force_revalidate {
+    // A Range request goes to the state machine, whose range filter cuts the part
+    // (`super::range`); a HEAD with Range is a HEAD.
+    if p.force_revalidate || super::range::is_range_request(req) {
         return Ok(None);
     }
     let Some(entry) = fresh_entry(cache, req, p) else {
         return Ok(None);
     };
     let now = SystemTime::now();
+    // The client's max-age / min-fresh (honour_client_no_cache): the state machine validates.
+    if !p.client.accepts(entry.age(now), entry.ttl(now)) {
+        return Ok(None);
+    }
     let mut header = entry.header.clone();
     header.set_version(http::Version::HTTP_11);
-    let not_modified = not_modified_filter(req, &header);
+    let not_modified = super::conditional::not_modified(req, &header);
     if not_modified {
         to_304(&mut header);
     }
     let header_only = not_modified || req.method == http::Method::HEAD || entry.body.is_empty();
+    // The stored coding, as this client may have it (decoded for one that does not accept it).
+    let Some(body) = cache.compression.serve_stored(
+        &mut header,
+        (!header_only).then(|| entry.body.clone()),
+        &Accepted::parse(req),
+    )?
+    else {
+        return Ok(None);
+    };
     let outcome = Outcome::Hit {
         ttl: entry.ttl(now),
         collapsed: false,
@@ -71,7 +89,7 @@ pub fn fresh_hit(
     let status = cache.finish_headers(&mut header, &outcome, Some(entry.age(now)), route_label)?;
     Ok(Some(FreshHit {
         header,
-        body: (!header_only).then(|| entry.body.clone()),
+        body,
         status,
     }))
 }

@@ -383,6 +383,87 @@ impl Invalidation {
     }
 }
 
+/// What a GraphQL mutation touches, as [`crate::graphql`] read it from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphqlWrite<'a> {
+    /// The writing key's organization, when known.
+    pub org: Option<&'a str>,
+    /// The libraries it names; `None` when that cannot be told.
+    pub libraries: Option<&'a [String]>,
+    /// `graphql.library_scopes` (`{org}`, `{library}`).
+    pub library_scopes: &'a [PathPattern],
+    /// `graphql.organization_scopes` (`{org}`), invalidated as trees.
+    pub organization_scopes: &'a [PathPattern],
+}
+
+/// A template rendered from GraphQL data: every parameter is data (encoded as one segment,
+/// like a `{body.field}`), and one that is missing or not a plain segment leaves the prefix
+/// before it as a tree.
+fn render_data(t: &PathPattern, values: &[(&str, &str)]) -> Rendered {
+    let mut out = String::new();
+    for p in t.pieces() {
+        match p {
+            Piece::Literal(l) => {
+                out.push('/');
+                out.push_str(l);
+            }
+            Piece::Param(n) | Piece::Body(n) => {
+                match values.iter().find(|(k, _)| *k == n).map(|(_, v)| *v) {
+                    Some(v) if plain_segment(v) => {
+                        out.push('/');
+                        push_segment_encoded(&mut out, v);
+                    }
+                    _ => return Rendered::Tree(if out.is_empty() { "/".into() } else { out }),
+                }
+            }
+        }
+    }
+    Rendered::Scope(if out.is_empty() { "/".into() } else { out })
+}
+
+impl Invalidation {
+    /// Applies a successful GraphQL mutation, for every key: the library scopes of each named
+    /// library (and the organization's), or, when no library can be told, the organization's
+    /// trees; with the organization unknown, everything (the tree `/`).
+    pub fn on_graphql(&self, w: &GraphqlWrite<'_>) -> Bumped {
+        let mut bumped = Bumped::default();
+        match (w.org, w.libraries) {
+            (None, _) => bumped.trees.push("/".to_string()),
+            (Some(org), Some(libs)) if !libs.is_empty() => {
+                for lib in libs {
+                    for t in w.library_scopes {
+                        match render_data(t, &[("org", org), ("library", lib)]) {
+                            Rendered::Scope(s) => bumped.scopes.push(s),
+                            Rendered::Tree(s) => bumped.trees.push(s),
+                        }
+                    }
+                }
+            }
+            (Some(org), _) => {
+                for t in w.organization_scopes {
+                    let (Rendered::Scope(s) | Rendered::Tree(s)) = render_data(t, &[("org", org)]);
+                    bumped.trees.push(s);
+                }
+            }
+        }
+        bumped.scopes.sort();
+        bumped.scopes.dedup();
+        bumped.trees.sort();
+        bumped.trees.dedup();
+        for s in &bumped.scopes {
+            self.bump_scope(s);
+        }
+        for t in &bumped.trees {
+            self.bump_tree(t);
+        }
+        METRICS
+            .cache_invalidations
+            .with_label_values(&[InvalidationReason::Graphql.as_str()])
+            .inc_by((bumped.scopes.len() + bumped.trees.len()) as u64);
+        bumped
+    }
+}
+
 /// The path and query of a `Location` / `Content-Location` value when it names the same
 /// origin (RFC 9111 §4.4 forbids invalidating other hosts' URIs on their behalf).
 pub fn same_origin_target(value: &str, authority: &str, base_path: &str) -> Option<String> {
@@ -452,6 +533,9 @@ mod tests {
         }
         fn bump_tree(&self, prefix: &str) {
             self.gens.bump_tree(prefix)
+        }
+        fn on_graphql(&self, w: &GraphqlWrite<'_>) -> Bumped {
+            self.gens.on_graphql(w)
         }
         fn bump_url(&self, pq: &str) {
             self.gens.bump_url(pq)
@@ -656,6 +740,60 @@ mod tests {
             same_origin_target("c", "h", "/a/b").as_deref(),
             Some("/a/c")
         );
+    }
+
+    #[test]
+    fn graphql_mutations_bump_library_org_or_everything() {
+        let i = inv();
+        let lib = [
+            PathPattern::parse("/organizations/{org}/libraries/{library}").unwrap(),
+            PathPattern::parse("/organizations/{org}").unwrap(),
+        ];
+        let org = [
+            PathPattern::parse("/organizations/{org}").unwrap(),
+            PathPattern::parse("/me").unwrap(),
+        ];
+        let w = |o: Option<&'static str>, l: Option<&'static [String]>| GraphqlWrite {
+            org: o,
+            libraries: l,
+            library_scopes: &lib,
+            organization_scopes: &org,
+        };
+        let (b, l, list, me) = (
+            gens(&i, BCN),
+            gens(&i, LIS),
+            gens(&i, LIST),
+            gens(&i, "/me"),
+        );
+        let bcn: &'static [String] = Box::leak(Box::new(["barcelona".to_string()]));
+        let got = i.on_graphql(&w(Some("o"), Some(bcn)));
+        assert_eq!(
+            got.scopes,
+            vec!["/organizations/o", "/organizations/o/libraries/barcelona"]
+        );
+        assert_ne!(gens(&i, BCN), b);
+        assert_eq!(gens(&i, LIS), l);
+        assert_ne!(gens(&i, LIST), list);
+        assert_eq!(gens(&i, "/me"), me);
+        let l = gens(&i, LIS);
+        let got = i.on_graphql(&w(Some("o"), None));
+        assert_eq!(got.trees, vec!["/me", "/organizations/o"]);
+        assert_ne!(gens(&i, LIS), l);
+        assert_ne!(gens(&i, "/me"), me);
+        let other = gens(&i, "/organizations/p/libraries/x/assets");
+        i.on_graphql(&w(Some("o"), None));
+        assert_eq!(gens(&i, "/organizations/p/libraries/x/assets"), other);
+        i.on_graphql(&w(None, Some(bcn)));
+        assert_ne!(gens(&i, "/organizations/p/libraries/x/assets"), other);
+        // A library id is data: one that is not a plain segment purges the libraries tree
+        // instead of naming another path; an escape stays one segment.
+        let odd: &'static [String] =
+            Box::leak(Box::new(["../x".to_string(), "%2E%2E".to_string()]));
+        let got = i.on_graphql(&w(Some("o"), Some(odd)));
+        assert_eq!(got.trees, vec!["/organizations/o/libraries"], "{got:?}");
+        assert!(got
+            .scopes
+            .contains(&"/organizations/o/libraries/%252E%252E".to_string()));
     }
 
     #[test]

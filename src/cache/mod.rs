@@ -19,6 +19,7 @@
 //! Every place where we work around pingora-cache, and why, is listed in
 //! `docs/ARCHITECTURE.md` ("Where we work around pingora-cache").
 
+pub mod conditional;
 pub mod directives;
 pub mod entry;
 pub mod fast_path;
@@ -28,13 +29,14 @@ pub mod key;
 pub mod phase;
 pub mod policy;
 pub mod predictor;
+pub mod range;
 pub mod status;
 pub mod storage;
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
@@ -43,7 +45,8 @@ use pingora::cache::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-use crate::config::{CacheSettings, Share, UpstreamSettings};
+use crate::compression::Compression;
+use crate::config::{CacheSettings, CompressionSettings, Share, UpstreamSettings};
 use crate::edge::{Admitted, Principal};
 use crate::metrics::{InvalidationReason, METRICS};
 
@@ -93,10 +96,16 @@ pub struct Cache {
     invalidation: Invalidation,
     /// Publishes local invalidations to the fleet (`redis.invalidation`).
     fleet: Option<fleet::Publisher>,
+    /// Content codings: the stored coding, and what every reader serves from it.
+    compression: Compression,
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings, upstream: &UpstreamSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &CacheSettings,
+        upstream: &UpstreamSettings,
+        compression: &CompressionSettings,
+    ) -> anyhow::Result<Self> {
         // Everything pingora-cache is handed must be 'static; the cache lives as long as the
         // process, so these are leaked once at start.
         let storage: &'static MokaStorage = Box::leak(Box::new(MokaStorage::new(
@@ -119,6 +128,7 @@ impl Cache {
             predictor,
             invalidation: Invalidation::new(),
             fleet: None,
+            compression: Compression::new(compression),
         })
     }
 
@@ -158,6 +168,10 @@ impl Cache {
         &self.invalidation
     }
 
+    pub fn compression(&self) -> &Compression {
+        &self.compression
+    }
+
     /// Step 1 (in `request_filter`, once the edge admitted the request): is this request the
     /// cache's business, and under which key? The effective `Api-Version` is the client's, or
     /// the sidecar's pinned one it will be given.
@@ -186,6 +200,12 @@ impl Cache {
         };
         let path = req.uri.path();
         let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
+        // Request directives only when the operator lets clients steer the cache.
+        let client = if live.settings.honor_client_no_cache {
+            directives::RequestDirectives::of(req)
+        } else {
+            directives::RequestDirectives::default()
+        };
         let mut generations = Vec::with_capacity(8);
         self.invalidation
             .generations(&live.rules, path, pq, &mut generations);
@@ -199,8 +219,8 @@ impl Cache {
             }),
             partition,
             route,
-            force_revalidate: live.settings.honor_client_no_cache
-                && policy::client_wants_revalidation(req),
+            force_revalidate: client.no_cache || client.max_age == Some(0),
+            client,
             lookup: Lookup::NotYet,
             store: None,
             revalidation: None,
@@ -228,21 +248,33 @@ impl Cache {
     pub fn request_cache_filter(
         &'static self,
         session: &mut Session,
-        ctx: &CacheCtx,
+        ctx: &mut CacheCtx,
     ) -> pingora::Result<()> {
-        if ctx.prepared().is_none() {
+        let Some(p) = ctx.prepared_mut() else {
             return Ok(());
+        };
+        if session.subrequest_ctx.is_some() {
+            // A background refresh is the cache's own request: the client's directives that
+            // spawned it (`max-stale`, `no-store`…) must not stop it from refreshing.
+            p.client = directives::RequestDirectives::default();
         }
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.settings.lock_timeout);
         // A HEAD miss is never stored (pingora-cache fills only from GET 200), yet with the lock
         // it would take the key's write permit and drop it unfinished ("Dangling cache lock").
         let head = session.req_header().method == http::Method::HEAD;
+        // Likewise a request with `no-store`, and a conditional one whose miss forwards the
+        // client's condition, may store nothing, so other requests must not wait on them.
+        let req = session.req_header();
+        let conditional = self.settings.forward_conditional_misses
+            && (req.headers.contains_key(http::header::IF_NONE_MATCH)
+                || req.headers.contains_key(http::header::IF_MODIFIED_SINCE));
+        let no_store = conditional || p.client.no_store;
         session.cache.enable(
             self.storage,
             None,
             Some(self.predictor),
-            (!head).then_some(self.lock),
+            (!head && !no_store).then_some(self.lock),
             Some(overrides),
         );
         session
@@ -263,9 +295,15 @@ impl Cache {
         }
     }
 
+    /// The state machine's reader of the client's request directives (RFC 9111 §5.2.1), the
+    /// same rules as the fast path's: `no-cache`, `max-age`, `min-fresh` force a validation of
+    /// a fresh entry; `max-stale` lets a stale one be used as is, unless the stored response
+    /// forbids serving it stale.
     pub fn cache_hit_filter(
         &self,
         session: &Session,
+        meta: &CacheMeta,
+        is_fresh: bool,
         ctx: &mut CacheCtx,
     ) -> pingora::Result<Option<ForcedFreshness>> {
         let Some(p) = ctx.prepared_mut() else {
@@ -278,7 +316,42 @@ impl Cache {
             // Client no-cache, allowed by config: validate with the origin before use.
             return Ok(Some(ForcedFreshness::ForceExpired));
         }
+        let now = SystemTime::now();
+        let age = meta.age().as_secs();
+        let fresh_left = match meta.fresh_until().duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+        };
+        if is_fresh {
+            if !p.client.accepts(age, fresh_left) {
+                return Ok(Some(ForcedFreshness::ForceExpired));
+            }
+            return Ok(None);
+        }
+        let staleness = fresh_left.unsigned_abs();
+        let client_takes_stale = p.client.accepts_stale(staleness)
+            && !p.client.no_cache
+            && p.client.max_age.is_none_or(|m| age <= u64::from(m));
+        if client_takes_stale && policy::may_serve_stale(&self.settings, meta.response_header()) {
+            return Ok(Some(ForcedFreshness::ForceFresh));
+        }
         Ok(None)
+    }
+
+    /// In `proxy_upstream_filter`: the request may not go to the origin (`only-if-cached`,
+    /// honoured with `cache.honor_client_no_cache`): nothing stored could answer it.
+    pub fn only_if_cached(&self, ctx: &CacheCtx) -> bool {
+        ctx.prepared().is_some_and(|p| p.client.only_if_cached)
+    }
+
+    /// `range_header_filter`: a Range request on a stored (or being stored) complete response
+    /// ([`range`]).
+    pub fn range_header_filter(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+    ) -> pingora::proxy::RangeType {
+        range::header_filter(req, resp)
     }
 
     pub fn cache_miss(&self, session: &mut Session, ctx: &mut CacheCtx) {
@@ -291,10 +364,32 @@ impl Cache {
     /// In `upstream_request_filter`, after pingora-cache rewrote the request for a fill: a
     /// HEAD goes to the origin as HEAD (RFC 9110 §9.3.2), not as the GET pingora makes of it.
     /// Its response is never stored as the GET's (see [`Self::response_cache_filter`]).
-    pub fn upstream_request(&self, downstream: &RequestHeader, req: &mut RequestHeader) {
+    ///
+    /// On a miss with nothing stored to revalidate, the client's own `If-None-Match` /
+    /// `If-Modified-Since` (which pingora-cache removed) go to the origin (RFC 9111 §4.3.2): a
+    /// 304 then reaches the client as is and nothing is stored; a 200 is stored as usual.
+    pub fn upstream_request(
+        &self,
+        session: &Session,
+        ctx: &CacheCtx,
+        req: &mut RequestHeader,
+    ) -> pingora::Result<()> {
+        let downstream = session.req_header();
         if downstream.method == http::Method::HEAD && req.method == http::Method::GET {
             req.set_method(http::Method::HEAD);
         }
+        if !self.settings.forward_conditional_misses {
+            return Ok(());
+        }
+        let nothing_stored = session.cache.enabled() && session.cache.maybe_cache_meta().is_none();
+        if nothing_stored && ctx.prepared().is_some_and(|p| p.lookup == Lookup::Miss) {
+            for name in [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE] {
+                for v in downstream.headers.get_all(&name) {
+                    req.append_header(name.clone(), v.clone())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// In `upstream_response_filter`: remembers how long the origin took, and keeps a 304 so
@@ -302,18 +397,19 @@ impl Cache {
     pub fn upstream_response(&self, resp: &ResponseHeader, took: Duration, ctx: &mut CacheCtx) {
         let Some(p) = ctx.prepared_mut() else { return };
         p.upstream_delay = took;
-        if resp.status == http::StatusCode::NOT_MODIFIED {
+        if resp.status == http::StatusCode::NOT_MODIFIED && matches!(p.lookup, Lookup::Hit { .. }) {
             p.revalidation = Some(Box::new(resp.clone()));
         }
     }
 
     pub fn response_cache_filter(
         &self,
-        req: &RequestHeader,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut CacheCtx,
         live: &CacheLive,
     ) -> pingora::Result<RespCacheable> {
+        let req = session.req_header();
         let Some(p) = ctx.prepared_mut() else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
@@ -323,52 +419,123 @@ impl Cache {
                 merged = merge_not_modified(resp, &not_modified)?;
                 &merged
             }
-            // A HEAD response has no body to store for the GET (a 304 to a HEAD revalidation
-            // does update the stored response, above).
+            // A HEAD response has no body to store for the GET; it may update the stored GET's
+            // header (RFC 9111 §4.3.5; a 304 to a HEAD revalidation does, above).
             None if req.method == http::Method::HEAD => {
+                if resp.status == http::StatusCode::OK {
+                    self.head_updates_stored_get(session, resp, p, live)?;
+                }
                 return Ok(self.refuse(p, NoStoreReason::Head));
             }
             None => resp,
         };
+        if p.client.no_store {
+            // RFC 9111 §5.2.1.5: nothing of the response to this request is stored (a 304
+            // refresh of an existing entry included).
+            return Ok(self.refuse(p, NoStoreReason::RequestNoStore));
+        }
         let route = p.route.and_then(|i| live.settings.routes.get(i));
         let now = SystemTime::now();
         match policy::decide(&live.settings, route, req, resp, now) {
             Ok(f) => {
                 p.store = Some(StoreDecision::Store);
-                // RFC 9111 §4.2.3: corrected initial age = the origin's Age + response delay
-                // (whole seconds, as Age counts). The origin's Date is not used for an
-                // apparent age: its one-second resolution would age every response by up to
-                // a second, and a skewed origin clock would age everything.
-                let delay = Duration::from_secs(p.upstream_delay.as_secs());
-                let initial_age = f.age + delay;
-                let fresh = f.fresh.saturating_sub(delay);
-                let fresh_until = if fresh.is_zero() {
-                    // Stored only to be revalidated: stale from the start.
-                    now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
-                } else {
-                    now + fresh
-                };
-                let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-                let mut header = resp.clone();
-                header.remove_header(&http::header::CONNECTION);
-                for name in &f.strip {
-                    header.remove_header(name.as_str());
-                }
-                let mut meta = CacheMeta::new(
-                    fresh_until,
-                    now,
-                    secs(f.stale_while_revalidate),
-                    secs(f.stale_if_error),
-                    header,
-                );
-                if !initial_age.is_zero() {
-                    // Age counts from the epoch: both readers add the resident time to it.
-                    meta.set_epoch_override(now.checked_sub(initial_age).unwrap_or(now));
-                }
-                Ok(RespCacheable::Cacheable(meta))
+                Ok(RespCacheable::Cacheable(self.meta_for(&f, resp, p, now)?))
             }
             Err(reason) => Ok(self.refuse(p, reason)),
         }
+    }
+
+    /// The `CacheMeta` to store `resp` with, given the policy's freshness.
+    fn meta_for(
+        &self,
+        f: &policy::Freshness,
+        resp: &ResponseHeader,
+        p: &Prepared,
+        now: SystemTime,
+    ) -> pingora::Result<CacheMeta> {
+        // RFC 9111 §4.2.3: corrected initial age = the origin's Age + response delay (whole
+        // seconds, as Age counts). The origin's Date is not used for an apparent age: its
+        // one-second resolution would age every response by up to a second, and a skewed
+        // origin clock would age everything.
+        let delay = Duration::from_secs(p.upstream_delay.as_secs());
+        let initial_age = f.age + delay;
+        let fresh = f.fresh.saturating_sub(delay);
+        let fresh_until = if fresh.is_zero() {
+            // Stored only to be revalidated: stale from the start.
+            now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+        } else {
+            now + fresh
+        };
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let mut header = resp.clone();
+        header.remove_header(&http::header::CONNECTION);
+        self.compression.store_header(&mut header)?;
+        for name in &f.strip {
+            header.remove_header(name.as_str());
+        }
+        if !header.headers.contains_key(http::header::DATE) {
+            // RFC 9110 §6.6.1: a cache that receives a response without Date records the time
+            // it was received as its Date.
+            header.insert_header(http::header::DATE, httpdate::fmt_http_date(now))?;
+        }
+        let mut meta = CacheMeta::new(
+            fresh_until,
+            now,
+            secs(f.stale_while_revalidate),
+            secs(f.stale_if_error),
+            header,
+        );
+        if !initial_age.is_zero() {
+            // Age counts from the epoch: both readers add the resident time to it.
+            meta.set_epoch_override(now.checked_sub(initial_age).unwrap_or(now));
+        }
+        Ok(meta)
+    }
+
+    /// RFC 9111 §4.3.5: a 200 to a HEAD that went to the origin (the stored GET was stale, or
+    /// the client asked for validation, and the origin ignored the condition) updates the
+    /// stored GET response it could have been served from when their validators match (and
+    /// `Content-Length`, if the HEAD response has one); otherwise the stored response is
+    /// marked stale. The update is a 304's (every field replaced but framing), with the
+    /// freshness the policy gives the updated header.
+    fn head_updates_stored_get(
+        &self,
+        session: &Session,
+        head: &ResponseHeader,
+        p: &Prepared,
+        live: &CacheLive,
+    ) -> pingora::Result<()> {
+        let Some(stored) = session.cache.maybe_cache_meta() else {
+            return Ok(());
+        };
+        let key = session.cache.cache_key().combined_bin();
+        let stored_header = stored.response_header();
+        let now = SystemTime::now();
+        if !policy::head_matches_stored(stored_header, head) {
+            self.storage.mark_stale(&key, now);
+            return Ok(());
+        }
+        let updated = merge_not_modified(stored_header, head)?;
+        let route = p.route.and_then(|i| live.settings.routes.get(i));
+        let get = {
+            let mut r = session.req_header().clone();
+            r.set_method(http::Method::GET);
+            r
+        };
+        match policy::decide(&live.settings, route, &get, &updated, now) {
+            Ok(f) => {
+                let mut meta = self.meta_for(&f, &updated, p, now)?;
+                if let Some(v) = stored.variance() {
+                    meta.set_variance_key(v);
+                }
+                self.storage.replace_meta(&key, &meta)?;
+            }
+            // The updated response may no longer be stored (`no-store` now, …): drop it.
+            Err(_) => {
+                self.storage.remove(&key);
+            }
+        }
+        Ok(())
     }
 
     fn refuse(&self, p: &mut Prepared, reason: NoStoreReason) -> RespCacheable {
@@ -544,6 +711,22 @@ impl Cache {
             self.invalidation
                 .on_write(&live.rules, &req.method, path, pq, body, &locations);
         tracing::debug!(?bumped, "write invalidated");
+        self.publish_bumped(bumped);
+    }
+
+    /// A successful GraphQL mutation (2xx; a GraphQL error answer may still have applied part
+    /// of a mutation, so the response body is not consulted): invalidates what it may have
+    /// changed, for every key ([`Invalidation::on_graphql`]).
+    pub fn after_graphql(&self, w: &invalidation::GraphqlWrite<'_>) {
+        if !self.settings.enabled {
+            return;
+        }
+        let bumped = self.invalidation.on_graphql(w);
+        tracing::debug!(?bumped, "graphql mutation invalidated");
+        self.publish_bumped(bumped);
+    }
+
+    fn publish_bumped(&self, bumped: invalidation::Bumped) {
         if self.fleet.is_some() {
             let invalidation::Bumped {
                 scopes,

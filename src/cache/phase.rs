@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pingora::http::ResponseHeader;
 
+use super::directives::RequestDirectives;
 use super::key::Partition;
 
 /// Why a request does not use the cache at all.
@@ -20,10 +21,13 @@ pub enum BypassReason {
     Disabled,
     /// Not GET or HEAD.
     Method,
-    /// A `Range` request: passed through untouched.
-    Range,
+    /// `If-Match` / `If-Unmodified-Since`: preconditions for the origin, not the cache
+    /// (RFC 9111 §4.3.2), passed through untouched.
+    Precondition,
     /// Answered before the cache step (edge refusal, rate limit, reserved path).
     Unadmitted,
+    /// Raster's GraphQL endpoint: never served from or stored in the REST cache.
+    Graphql,
 }
 
 impl BypassReason {
@@ -31,8 +35,9 @@ impl BypassReason {
         match self {
             Self::Disabled => "disabled",
             Self::Method => "method",
-            Self::Range => "range",
+            Self::Precondition => "precondition",
             Self::Unadmitted => "unadmitted",
+            Self::Graphql => "graphql",
         }
     }
 }
@@ -56,6 +61,7 @@ impl NoStoreReason {
                 | Self::LockTimeout
                 | Self::Truncated
                 | Self::Head
+                | Self::RequestNoStore
         )
     }
 }
@@ -107,6 +113,9 @@ pub struct Prepared {
     pub route: Option<usize>,
     /// The client asked for revalidation and `honor_client_no_cache` allows it.
     pub force_revalidate: bool,
+    /// The client's request directives (RFC 9111 §5.2.1); all absent unless
+    /// `honor_client_no_cache`.
+    pub client: RequestDirectives,
     pub lookup: Lookup,
     pub store: Option<StoreDecision>,
     /// The origin's 304, kept from `upstream_response_filter` until the revalidated header is

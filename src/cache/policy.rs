@@ -11,12 +11,11 @@
 use std::time::{Duration, SystemTime};
 
 use http::Method;
-use pingora::cache::cache_control::CacheControl;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheRoute, CacheSettings, Share};
 
-use super::directives::Directives;
+use super::directives::{Directives, RequestDirectives};
 use super::key;
 use super::phase::{BypassReason, NoStoreReason};
 
@@ -48,25 +47,51 @@ pub fn request_cacheable(req: &RequestHeader) -> Result<(), BypassReason> {
     if req.method != Method::GET && req.method != Method::HEAD {
         return Err(BypassReason::Method);
     }
-    // Partial content is passed through untouched: storing whole bodies for range requests
-    // would turn a small read into a full download from the origin.
-    if req.headers.contains_key(http::header::RANGE) {
-        return Err(BypassReason::Range);
+    // RFC 9111 §4.3.2: If-Match and If-Unmodified-Since are not applicable to a cache; the
+    // origin evaluates them (pingora-cache would strip them on a miss and ignore them on a hit).
+    if req.headers.contains_key(http::header::IF_MATCH)
+        || req.headers.contains_key(http::header::IF_UNMODIFIED_SINCE)
+    {
+        return Err(BypassReason::Precondition);
     }
+    // A Range request is the cache's too: answered from the stored complete response, or on a
+    // miss by storing the whole response and sending the range of it (`super::range`).
     Ok(())
 }
 
 /// The client asked to revalidate (`Cache-Control: no-cache` / `max-age=0`, or legacy
 /// `Pragma: no-cache` without Cache-Control).
 pub fn client_wants_revalidation(req: &RequestHeader) -> bool {
-    match CacheControl::from_req_headers(req) {
-        Some(cc) => cc.no_cache() || matches!(cc.max_age(), Ok(Some(0))),
-        None => req
-            .headers
-            .get(http::header::PRAGMA)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
+    let d = RequestDirectives::of(req);
+    d.no_cache || d.max_age == Some(0)
+}
+
+/// Whether the stored response `header` may ever be served stale (RFC 9111 §4.2.4): not with
+/// `no-cache` or `must-revalidate`, nor `proxy-revalidate` in a shared cache.
+pub fn may_serve_stale(settings: &CacheSettings, header: &ResponseHeader) -> bool {
+    let shared = settings.share == Share::Shared;
+    !Directives::of(header, settings.targeted_cache_control.as_ref())
+        .is_some_and(|c| c.no_cache || c.must_revalidate || (shared && c.proxy_revalidate))
+}
+
+/// RFC 9111 §4.3.5: a 200 to a HEAD may update the stored GET response when every validator
+/// it carries (`ETag`, `Last-Modified`; at least one) equals the stored one, and its
+/// `Content-Length`, if any, is the stored one's.
+pub fn head_matches_stored(stored: &ResponseHeader, head: &ResponseHeader) -> bool {
+    let mut any = false;
+    for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
+        if let Some(v) = head.headers.get(&name) {
+            any = true;
+            if stored.headers.get(&name) != Some(v) {
+                return false;
+            }
+        }
     }
+    let length_matches = match head.headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) => stored.headers.get(http::header::CONTENT_LENGTH) == Some(v),
+        None => true,
+    };
+    any && length_matches
 }
 
 fn has_validator(resp: &ResponseHeader) -> bool {
@@ -101,6 +126,43 @@ fn date(resp: &ResponseHeader) -> Option<SystemTime> {
     httpdate::parse_http_date(v).ok()
 }
 
+/// Statuses that are heuristically cacheable (RFC 9110 §15.1).
+const HEURISTICALLY_CACHEABLE: &[u16] =
+    &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// RFC 9111 §4.2.2, in `shared` mode only (per-key mode keeps Raster's route rules): a response
+/// without explicit freshness, with a heuristically cacheable status (or `public`) and a
+/// `Last-Modified`, is fresh for `cache.heuristic_percent` of (`Date` − `Last-Modified`), at
+/// most `cache.heuristic_max_ttl`. `None` when it does not apply or comes to zero.
+fn heuristic_freshness(
+    settings: &CacheSettings,
+    status: u16,
+    cc: Option<&Directives>,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> Option<Duration> {
+    if settings.share != Share::Shared || settings.heuristic_percent == 0 {
+        return None;
+    }
+    if !(HEURISTICALLY_CACHEABLE.contains(&status) || cc.is_some_and(|c| c.public)) {
+        return None;
+    }
+    let v = resp
+        .headers
+        .get(http::header::LAST_MODIFIED)?
+        .to_str()
+        .ok()?;
+    let last_modified = httpdate::parse_http_date(v.trim()).ok()?;
+    // Both on the origin's clock when it sends Date; else the time of receipt.
+    let span = date(resp)
+        .unwrap_or(now)
+        .duration_since(last_modified)
+        .ok()?;
+    let h = (span * settings.heuristic_percent / 100).min(settings.heuristic_max_ttl);
+    let h = Duration::from_secs(h.as_secs());
+    (!h.is_zero()).then_some(h)
+}
+
 /// Decides whether `resp` (to `req`) may be stored and for how long.
 pub fn decide(
     settings: &CacheSettings,
@@ -130,7 +192,13 @@ pub fn decide(
     if key::vary_star(resp) {
         return Err(NoStoreReason::VaryStar);
     }
-    if cc.is_some_and(|c| c.no_store) {
+    // RFC 9111 §5.2.2.3: with must-understand, a status this cache understands is stored
+    // whatever no-store says (it is there for caches that do not); any other is not.
+    let must_understand = cc.is_some_and(|c| c.must_understand);
+    if must_understand && !understood(status) {
+        return Err(NoStoreReason::Status);
+    }
+    if cc.is_some_and(|c| c.no_store) && !must_understand {
         return Err(NoStoreReason::NoStore);
     }
     if shared && cc.is_some_and(|c| c.private) {
@@ -171,12 +239,22 @@ pub fn decide(
         origin = Some(Duration::ZERO);
     }
 
+    let route_ttl = route.and_then(|r| r.ttl);
     let lifetime = match origin {
         Some(l) => l,
         None => {
-            if matches!(status, 404 | 410) {
+            // An operator's route rule is explicit; the Last-Modified heuristic comes next,
+            // ahead of the blanket negative_ttl / default_ttl.
+            let heuristic = if route_ttl.is_none() {
+                heuristic_freshness(settings, status, cc, resp, now)
+            } else {
+                None
+            };
+            if let Some(h) = heuristic {
+                h
+            } else if matches!(status, 404 | 410) {
                 settings.negative_ttl
-            } else if let Some(ttl) = route.and_then(|r| r.ttl) {
+            } else if let Some(ttl) = route_ttl {
                 ttl
             } else if status == 200 {
                 settings.default_ttl
@@ -249,6 +327,9 @@ mod tests {
             uncacheable_ttl: Duration::from_secs(30),
             fast_path: true,
             store_statuses: vec![200, 203, 204, 300, 301, 404, 405, 410, 414, 501],
+            heuristic_percent: 10,
+            heuristic_max_ttl: Duration::from_secs(3600),
+            forward_conditional_misses: false,
             targeted_cache_control: Some(http::HeaderName::from_static(
                 "raster-edge-cache-control",
             )),
@@ -454,16 +535,95 @@ mod tests {
     }
 
     #[test]
-    fn requests_with_range_or_unsafe_methods_bypass() {
+    fn requests_with_unsafe_methods_bypass() {
         let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
         assert!(request_cacheable(&r).is_ok());
         r.insert_header("range", "bytes=0-1").unwrap();
-        assert_eq!(request_cacheable(&r), Err(BypassReason::Range));
+        assert!(request_cacheable(&r).is_ok());
+        r.insert_header("if-match", "\"x\"").unwrap();
+        assert_eq!(request_cacheable(&r), Err(BypassReason::Precondition));
         let p = RequestHeader::build("POST", b"/a", None).unwrap();
         assert_eq!(request_cacheable(&p), Err(BypassReason::Method));
         let mut c = RequestHeader::build("GET", b"/a", None).unwrap();
         assert!(!client_wants_revalidation(&c));
         c.insert_header("cache-control", "max-age=0").unwrap();
         assert!(client_wants_revalidation(&c));
+    }
+
+    #[test]
+    fn heuristic_freshness_in_shared_mode_only() {
+        let now = SystemTime::now();
+        let at = |ago: u64| httpdate::fmt_http_date(now - Duration::from_secs(ago));
+        let (date, lm, old_lm) = (at(0), at(10_000), at(1_000_000));
+        let h = |s: &CacheSettings, status: u16, headers: &[(&'static str, &str)]| {
+            decide(s, None, &req(false), &resp(status, headers), now)
+        };
+        let shared = settings(Share::Shared);
+        let with_lm = [("date", date.as_str()), ("last-modified", lm.as_str())];
+        let f = h(&shared, 200, &with_lm).unwrap();
+        assert!((999..=1000).contains(&f.fresh.as_secs()), "{:?}", f.fresh);
+        // Capped.
+        let capped = [("date", date.as_str()), ("last-modified", old_lm.as_str())];
+        assert_eq!(
+            h(&shared, 200, &capped).unwrap().fresh,
+            Duration::from_secs(3600)
+        );
+        // Explicit freshness wins; per-key mode and a 0 percentage have none.
+        let explicit = [with_lm[0], with_lm[1], ("cache-control", "max-age=7")];
+        assert_eq!(
+            h(&shared, 200, &explicit).unwrap().fresh,
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            h(&settings(Share::PerKey), 200, &with_lm),
+            Err(NoStoreReason::NoFreshness)
+        );
+        let mut off = settings(Share::Shared);
+        off.heuristic_percent = 0;
+        assert_eq!(h(&off, 200, &with_lm), Err(NoStoreReason::NoFreshness));
+        // Heuristically cacheable statuses only (a listed 302 without freshness: not stored).
+        let mut listed = settings(Share::Shared);
+        listed.store_statuses.push(302);
+        assert_eq!(h(&listed, 302, &with_lm), Err(NoStoreReason::NoFreshness));
+        // 404 takes the heuristic over negative_ttl; a route rule beats the heuristic.
+        assert!(h(&shared, 404, &with_lm).unwrap().fresh.as_secs() >= 999);
+        let f = decide(
+            &shared,
+            Some(&route()),
+            &req(false),
+            &resp(200, &with_lm),
+            now,
+        )
+        .unwrap();
+        assert_eq!(f.fresh, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_for_understood_statuses() {
+        let s = settings(Share::Shared);
+        let mu = |st: u16| {
+            d(
+                &s,
+                None,
+                &resp(
+                    st,
+                    &[(
+                        "cache-control",
+                        "max-age=60, public, no-store, must-understand",
+                    )],
+                ),
+            )
+        };
+        assert!(mu(200).is_ok());
+        assert!(mu(302).is_ok());
+        assert_eq!(mu(206), Err(NoStoreReason::Status));
+        assert_eq!(
+            d(
+                &s,
+                None,
+                &resp(200, &[("cache-control", "max-age=60, public, no-store")])
+            ),
+            Err(NoStoreReason::NoStore)
+        );
     }
 }

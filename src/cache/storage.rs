@@ -151,6 +151,26 @@ impl MokaStorage {
         }
     }
 
+    /// Replaces the header and freshness of the entry under `key`, keeping its body (a 304 or
+    /// a HEAD response updated it). `false` when there is no such entry any more.
+    pub fn replace_meta(&self, key: &HashBinary, meta: &CacheMeta) -> Result<bool> {
+        let Some(old) = self.store.get(key) else {
+            return Ok(false);
+        };
+        self.insert(*key, Entry::new(meta, old.body.clone())?);
+        Ok(true)
+    }
+
+    /// Marks the entry under `key` stale from `now` on (kept for a revalidation), as when a
+    /// HEAD response shows it no longer matches the origin's.
+    pub fn mark_stale(&self, key: &HashBinary, now: SystemTime) {
+        if let Some(old) = self.store.get(key) {
+            if old.is_fresh(now) {
+                self.insert(*key, old.staled(now));
+            }
+        }
+    }
+
     pub fn remove(&self, key: &HashBinary) -> bool {
         self.store.remove(key).is_some()
     }
@@ -200,15 +220,21 @@ impl MokaStorage {
     }
 }
 
-/// A stored body, read once.
+/// A stored body, read once, or one slice of it per `seek` (Range requests: pingora-proxy
+/// seeks to the range, or to each part of a multipart range in turn).
 pub struct MokaHit {
+    full: Bytes,
     body: Bytes,
     done: bool,
 }
 
 impl MokaHit {
     pub fn new(body: Bytes) -> Self {
-        Self { body, done: false }
+        Self {
+            full: body.clone(),
+            body,
+            done: false,
+        }
     }
 }
 
@@ -232,9 +258,22 @@ impl HandleHit for MokaHit {
     }
 
     fn can_seek(&self) -> bool {
-        // Range requests bypass the cache (they go to the origin untouched), so hits never
-        // seek; saying so also keeps pingora from advertising `Accept-Ranges` on our behalf.
-        false
+        true
+    }
+
+    /// `start..end` (end exclusive, `None` = to the end) of the stored body; pingora-proxy
+    /// only asks for ranges its range filter checked against `Content-Length`.
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let end = end.unwrap_or(self.full.len());
+        if start > end || end > self.full.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek {start}..{end} outside a body of {}", self.full.len()),
+            );
+        }
+        self.body = self.full.slice(start..end);
+        self.done = false;
+        Ok(())
     }
 
     fn get_eviction_weight(&self) -> usize {
@@ -372,13 +411,8 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let k = key.combined_bin();
         // Revalidation (304 merged): new header and freshness, same body (pitfall 9).
-        let Some(old) = self.store.get(&k) else {
-            return Ok(false);
-        };
-        self.insert(k, Entry::new(meta, old.body.clone())?);
-        Ok(true)
+        self.replace_meta(&key.combined_bin(), meta)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub redis: RedisFile,
     pub admin: AdminFile,
     pub log: LogFile,
+    pub compression: CompressionFile,
+    pub graphql: GraphqlFile,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +118,14 @@ pub struct CacheFile {
     /// Statuses a response may be stored with (in `shared` mode, any complete status with
     /// explicit freshness may be stored too).
     pub store_statuses: Vec<u16>,
+    /// Heuristic freshness in `shared` mode (RFC 9111 §4.2.2): this percentage of the time
+    /// since `Last-Modified` (0 = none).
+    pub heuristic_percent: u32,
+    /// The most heuristic freshness a response gets.
+    pub heuristic_max_ttl: String,
+    /// On a miss with nothing stored to revalidate, send the client's own `If-None-Match` /
+    /// `If-Modified-Since` to the origin (a 304 then stores nothing).
+    pub forward_conditional_misses: bool,
     pub routes: Vec<CacheRouteFile>,
     /// An empty list means no rules; only an absent key takes the embedded default's.
     pub invalidation: Vec<InvalidationRuleFile>,
@@ -190,4 +200,37 @@ pub struct LogFile {
     /// tracing filter, e.g. `info` or `raster_edge=debug`.
     pub level: String,
     pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompressionFile {
+    /// Compress responses for clients that accept gzip, br or zstd.
+    pub enabled: bool,
+    /// The one coding stored responses are kept in.
+    pub store: crate::compression::Encoding,
+    /// Bodies shorter than this (by `Content-Length`) are not compressed.
+    pub min_size: String,
+    /// Content-type prefixes never compressed (already compressed formats).
+    pub skip_types: Vec<String>,
+    pub gzip_level: u32,
+    pub brotli_level: u32,
+    pub zstd_level: i32,
+    /// Bound on a body the gateway decodes for a client.
+    pub max_decoded_size: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphqlFile {
+    /// Let `POST {path}` through with a key and without `Api-Version`.
+    pub enabled: bool,
+    /// Raster's GraphQL endpoint.
+    pub path: String,
+    /// Arguments (literal or variable) that name the library a mutation touches.
+    pub library_arguments: Vec<String>,
+    /// Scopes a mutation that names its libraries invalidates: `{org}`, `{library}`.
+    pub library_scopes: Vec<String>,
+    /// Trees a mutation that names no library invalidates: `{org}`.
+    pub organization_scopes: Vec<String>,
+    /// Key ids whose organization is remembered (learned from responses).
+    pub max_known_keys: u64,
 }

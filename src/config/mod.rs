@@ -259,6 +259,8 @@ pub fn validate_with(
         redis: f.redis.try_into()?,
         admin: AdminSettings::from_file(f.admin, mode, &mut notes)?,
         log: f.log.into(),
+        compression: f.compression.try_into()?,
+        graphql: f.graphql.try_into()?,
     };
     Ok((settings, notes))
 }

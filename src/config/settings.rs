@@ -26,6 +26,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub compression: CompressionSettings,
+    pub graphql: GraphqlSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,12 @@ pub struct CacheSettings {
     pub targeted_cache_control: Option<http::HeaderName>,
     /// `cache.store_statuses`.
     pub store_statuses: Vec<u16>,
+    /// `cache.heuristic_percent` (0..=100; 0 = no heuristic freshness).
+    pub heuristic_percent: u32,
+    /// `cache.heuristic_max_ttl`.
+    pub heuristic_max_ttl: Duration,
+    /// `cache.forward_conditional_misses`.
+    pub forward_conditional_misses: bool,
     pub routes: Vec<CacheRoute>,
     pub invalidation: Vec<InvalidationRule>,
 }
@@ -511,6 +519,12 @@ impl TryFrom<file::CacheFile> for CacheSettings {
                 }
                 None => f.store_statuses,
             },
+            heuristic_percent: match f.heuristic_percent {
+                p @ 0..=100 => p,
+                _ => return Err(invalid("cache.heuristic_percent", "a percentage, 0 to 100")),
+            },
+            heuristic_max_ttl: duration("cache.heuristic_max_ttl", &f.heuristic_max_ttl)?,
+            forward_conditional_misses: f.forward_conditional_misses,
             routes,
             invalidation,
         })
@@ -615,5 +629,109 @@ impl From<file::LogFile> for LogSettings {
             level: f.level,
             access_log: f.access_log,
         }
+    }
+}
+
+/// `[compression]`, see [`crate::compression`].
+#[derive(Debug, Clone)]
+pub struct CompressionSettings {
+    pub enabled: bool,
+    pub store: crate::compression::Encoding,
+    pub min_size: usize,
+    /// Lowercased content-type prefixes.
+    pub skip_types: Vec<String>,
+    pub gzip_level: u32,
+    pub brotli_level: u32,
+    pub zstd_level: i32,
+    pub max_decoded_size: usize,
+}
+
+impl TryFrom<file::CompressionFile> for CompressionSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::CompressionFile) -> Result<Self, ConfigError> {
+        use crate::compression::Encoding;
+        if matches!(f.store, Encoding::Identity | Encoding::Deflate) {
+            return Err(invalid(
+                "compression.store",
+                "must be \"gzip\", \"br\" or \"zstd\"",
+            ));
+        }
+        if !(1..=9).contains(&f.gzip_level) {
+            return Err(invalid("compression.gzip_level", "must be 1 to 9"));
+        }
+        if f.brotli_level > 11 {
+            return Err(invalid("compression.brotli_level", "must be 0 to 11"));
+        }
+        if !(1..=19).contains(&f.zstd_level) {
+            return Err(invalid("compression.zstd_level", "must be 1 to 19"));
+        }
+        Ok(Self {
+            enabled: f.enabled,
+            store: f.store,
+            min_size: usize_size("compression.min_size", &f.min_size)?,
+            skip_types: f
+                .skip_types
+                .iter()
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            gzip_level: f.gzip_level,
+            brotli_level: f.brotli_level,
+            zstd_level: f.zstd_level,
+            max_decoded_size: usize_size("compression.max_decoded_size", &f.max_decoded_size)?,
+        })
+    }
+}
+
+/// `[graphql]`, see [`crate::graphql`].
+#[derive(Debug, Clone)]
+pub struct GraphqlSettings {
+    pub enabled: bool,
+    pub path: PathPattern,
+    pub library_arguments: Vec<String>,
+    /// Scope templates with `{org}` and `{library}`.
+    pub library_scopes: Vec<PathPattern>,
+    /// Tree templates with `{org}`.
+    pub organization_scopes: Vec<PathPattern>,
+    pub max_known_keys: u64,
+}
+
+impl TryFrom<file::GraphqlFile> for GraphqlSettings {
+    type Error = ConfigError;
+
+    fn try_from(f: file::GraphqlFile) -> Result<Self, ConfigError> {
+        let templates = |key: &str, list: &[String], allowed: &[&str]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let k = format!("graphql.{key}[{i}]");
+                    let p = PathPattern::parse(t).map_err(|m| invalid(&k, m))?;
+                    for piece in p.pieces() {
+                        if let crate::routes::Piece::Param(n) = piece {
+                            if !allowed.contains(&n) {
+                                return Err(invalid(
+                                    &k,
+                                    format!("{{{n}}} is not one of {allowed:?}"),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(p)
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()
+        };
+        Ok(Self {
+            enabled: f.enabled,
+            path: pattern("graphql.path", &f.path)?,
+            library_arguments: f.library_arguments.clone(),
+            library_scopes: templates("library_scopes", &f.library_scopes, &["org", "library"])?,
+            organization_scopes: templates(
+                "organization_scopes",
+                &f.organization_scopes,
+                &["org"],
+            )?,
+            max_known_keys: f.max_known_keys.max(1),
+        })
     }
 }

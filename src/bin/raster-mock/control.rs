@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue, Method};
 use serde_json::{json, Map, Value};
 
 /// What `PUT /__mock/config` can change. Serialized back as
-/// `{"latency_ms","cache_control","etag","down","status","headers"}`.
+/// `{"latency_ms","cache_control","etag","down","status","headers","gzip","gzip_vary"}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MockConfig {
     /// Sleep this long before answering each API request.
@@ -23,6 +23,11 @@ pub struct MockConfig {
     /// Extra response headers on every API response; a name given here replaces the default
     /// header of that name (e.g. `Vary`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// gzip response bodies for requests whose `Accept-Encoding` accepts gzip.
+    pub gzip: bool,
+    /// With `gzip`, say `Vary: Accept-Encoding`; `false` reproduces the origins that compress
+    /// without saying so.
+    pub gzip_vary: bool,
 }
 
 impl Default for MockConfig {
@@ -34,6 +39,8 @@ impl Default for MockConfig {
             down: false,
             status: None,
             headers: Vec::new(),
+            gzip: false,
+            gzip_vary: true,
         }
     }
 }
@@ -57,6 +64,8 @@ impl MockConfig {
             "down": self.down,
             "status": self.status,
             "headers": headers,
+            "gzip": self.gzip,
+            "gzip_vary": self.gzip_vary,
         })
     }
 
@@ -85,6 +94,8 @@ impl MockConfig {
                     }
                 }
                 "etag" => next.etag = v.as_bool().ok_or("etag must be a boolean")?,
+                "gzip" => next.gzip = v.as_bool().ok_or("gzip must be a boolean")?,
+                "gzip_vary" => next.gzip_vary = v.as_bool().ok_or("gzip_vary must be a boolean")?,
                 "down" => next.down = v.as_bool().ok_or("down must be a boolean")?,
                 "status" => {
                     next.status = match v {

@@ -5,7 +5,9 @@
 //! `demo-barcelona`), with Raster's envelope, error codes and response shapes (OpenAPI of
 //! raster-app/raster-cli). Writes change later reads. Every response carries
 //! `Vary: Api-Version`; GET 200s carry a strong `ETag` and a matching `If-None-Match` gets a
-//! 304. Control endpoints (no auth, not counted): `GET /__mock/stats`, `POST /__mock/reset`,
+//! 304. `POST /` is Raster's GraphQL API over the same data ([`graphql`]). With `--gzip` (or
+//! `PUT /__mock/config {"gzip": true}`) bodies are gzipped for clients that accept it.
+//! Control endpoints (no auth, not counted): `GET /__mock/stats`, `POST /__mock/reset`,
 //! `GET|PUT /__mock/config`.
 //!
 //! It is a binary-only module tree: none of it is linked into the `raster_edge` library.
@@ -17,6 +19,7 @@
 
 mod control;
 mod fixtures;
+mod graphql;
 mod listener;
 mod routes;
 mod server;
@@ -53,6 +56,9 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// gzip response bodies for clients whose Accept-Encoding accepts gzip.
+    #[arg(long)]
+    gzip: bool,
 }
 
 /// Startup options (the `raster-mock` flags).
@@ -66,6 +72,8 @@ pub struct MockOptions {
     pub cache_control: Option<String>,
     /// Worker threads.
     pub threads: usize,
+    /// gzip bodies for clients that accept it (`--gzip`).
+    pub gzip: bool,
 }
 
 fn main() {
@@ -82,6 +90,7 @@ fn main() {
         latency_ms: args.latency_ms,
         cache_control: args.cache_control,
         threads: args.threads,
+        gzip: args.gzip,
     };
     if let Err(e) = run(opts) {
         eprintln!("raster-mock: {e:#}");

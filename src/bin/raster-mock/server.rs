@@ -2,12 +2,14 @@
 //! precomputed bodies) and its Pingora [`ServeHttp`] glue.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, VARY,
+    CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use parking_lot::{Mutex, RwLock};
@@ -56,6 +58,28 @@ pub fn etag_of(body: &[u8]) -> String {
     format!("\"{h:016x}-{:x}\"", body.len())
 }
 
+/// Whether `Accept-Encoding` accepts gzip (a `gzip`, `x-gzip` or `*` member with q > 0).
+fn accepts_gzip(req: &HeaderMap) -> bool {
+    req.get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            let mut parts = m.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let zero = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q")
+                        && v.trim().chars().all(|c| c == '0' || c == '.')
+                })
+            });
+            !zero
+                && (name.eq_ignore_ascii_case("gzip")
+                    || name.eq_ignore_ascii_case("x-gzip")
+                    || name == "*")
+        })
+}
+
 /// `If-None-Match` (weak comparison, RFC 9110 §13.1.2) against our strong tag.
 fn none_match(header: &[u8], etag: &str) -> bool {
     let Ok(h) = std::str::from_utf8(header) else {
@@ -71,6 +95,7 @@ impl MockService {
         let startup = MockConfig {
             latency_ms: opts.latency_ms,
             cache_control: opts.cache_control.clone(),
+            gzip: opts.gzip,
             ..MockConfig::default()
         };
         MockService {
@@ -142,6 +167,19 @@ impl MockService {
         if let Some(s) = cfg.status {
             let e = ApiError::for_status(s);
             return self.finish(&cfg, method, headers, e.status, e.body(), None);
+        }
+        if method == Method::POST && path == "/" {
+            let token = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
+                .map(|(_, t)| t.trim());
+            let a = super::graphql::handle(&self.data, token, body);
+            if a.mutated {
+                self.invalidate();
+            }
+            return self.finish(&cfg, method, headers, a.status, a.body, None);
         }
         let call = ApiCall {
             method,
@@ -242,6 +280,30 @@ impl MockService {
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             resp.headers_mut().remove(CONTENT_TYPE);
             return resp;
+        }
+        if cfg.gzip && !body.is_empty() && accepts_gzip(req) {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            if enc.write_all(&body).is_ok() {
+                if let Ok(gz) = enc.finish() {
+                    body = gz;
+                    let h = resp.headers_mut();
+                    h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                    if cfg.gzip_vary && !cfg.headers.iter().any(|(k, _)| k == VARY) {
+                        h.insert(
+                            VARY,
+                            HeaderValue::from_static("Api-Version, Accept-Encoding"),
+                        );
+                    }
+                    if let Some(tag) = h.get(ETAG).map(|t| t.as_bytes().to_vec()) {
+                        // The gzipped body is another byte sequence than the one tagged.
+                        let mut weak = b"W/".to_vec();
+                        weak.extend_from_slice(&tag);
+                        if let Ok(v) = HeaderValue::from_bytes(&weak) {
+                            h.insert(ETAG, v);
+                        }
+                    }
+                }
+            }
         }
         resp.headers_mut().insert(CONTENT_LENGTH, body.len().into());
         if method == Method::HEAD {
