@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::cache::key::hash_key;
 use pingora::cache::CacheMeta;
 use pingora::http::{RequestHeader, ResponseHeader};
-use raster_edge::cache::invalidation::Invalidation;
+use raster_edge::cache::invalidation::{Invalidation, Rules};
 use raster_edge::cache::key::{self, KeyParts, Partition};
 use raster_edge::cache::{policy, MokaStorage};
 use raster_edge::config::{self, CacheRoute, CacheSettings, Share};
@@ -76,14 +76,15 @@ fn bench_key(c: &mut Criterion) {
         .expect("valid config")
         .cache
         .invalidation;
-    let inv = Invalidation::new(&rules).expect("rules");
+    let inv = Invalidation::new();
+    let rules = Rules::new(&rules);
     inv.bump_scope("/organizations/monogram-labs/libraries/barcelona");
     let id = KeyId([7; 16]);
     // Regression: every request (hit or miss) pays this before the store is even consulted.
     c.bench_function("cache_key/primary_with_generations", |b| {
         b.iter(|| {
             let mut g = Vec::with_capacity(8);
-            inv.generations(black_box(PATH), black_box(PQ), &mut g);
+            inv.generations(&rules, black_box(PATH), black_box(PQ), &mut g);
             let p = key::primary(&KeyParts {
                 authority: "api.raster.app",
                 path_and_query: PQ,

@@ -25,39 +25,46 @@ use pingora::services::background::BackgroundService;
 use subtle::ConstantTimeEq;
 
 use crate::cache::{Cache, PurgeTarget};
-use crate::config::Settings;
 use crate::edge::bearer_token;
 use crate::errors::envelope;
+use crate::live::Live;
 use crate::metrics::{self, InvalidationReason, METRICS};
+use crate::reload::{Reloader, Trigger};
 use crate::upstream::Upstream;
 
 /// Largest purge request body read.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 pub struct Admin {
-    token: Option<String>,
+    /// The admin token, the pinned Api-Version (`/admin/cache`), what Redis is used for
+    /// (`/admin/stats`): read per admin request, so a reload applies to the next one.
+    live: Arc<Live>,
     cache: &'static Cache,
     ready: Arc<AtomicBool>,
     upstream: Option<Arc<Upstream>>,
-    /// For `/admin/cache` (the pinned Api-Version) and `/admin/stats` (what Redis is used for).
-    settings: Option<Arc<Settings>>,
+    /// `POST /admin/reload`, and the last reload for `/admin/stats`.
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Admin {
-    pub fn new(token: Option<String>, cache: &'static Cache, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(live: Arc<Live>, cache: &'static Cache, ready: Arc<AtomicBool>) -> Self {
         Self {
-            token,
+            live,
             cache,
             ready,
             upstream: None,
-            settings: None,
+            reloader: None,
         }
     }
 
-    /// `/admin/cache` keys with the pinned `edge.api_version`; `/admin/stats` reports Redis use.
-    pub fn with_settings(mut self, settings: Arc<Settings>) -> Self {
-        self.settings = Some(settings);
+    /// Serves `POST /admin/reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
         self
+    }
+
+    fn token(&self) -> Option<String> {
+        self.live.load().settings.admin.token.clone()
     }
 
     /// `/readyz` also requires the upstream name to have an address.
@@ -67,7 +74,7 @@ impl Admin {
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(expected) = &self.token else {
+        let Some(expected) = self.token() else {
             return false;
         };
         session
@@ -80,15 +87,7 @@ impl Admin {
 
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
-            let msg = if self.token.is_some() {
-                "missing or wrong admin token; send \"Authorization: Bearer <admin token>\""
-            } else {
-                "no admin token is configured (admin.token or admin.token_file)"
-            };
-            return json(
-                StatusCode::UNAUTHORIZED,
-                envelope("UNAUTHENTICATED", msg).to_vec(),
-            );
+            return self.unauthorized();
         }
         let mut body = Vec::new();
         loop {
@@ -131,6 +130,51 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `POST /admin/reload` (admin token): reloads the `--config` file now. 200 with the
+    /// report when applied, 409 `RELOAD_REFUSED` with the reason and the keys at fault when
+    /// not (the previous configuration stays).
+    async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return self.unauthorized();
+        }
+        let Some(reloader) = self.reloader.clone() else {
+            return json(
+                StatusCode::CONFLICT,
+                envelope(
+                    "RELOAD_REFUSED",
+                    "this gateway was built without a reloader",
+                )
+                .to_vec(),
+            );
+        };
+        // File reads: off the admin listener's runtime threads.
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        match outcome {
+            Ok(report) if report.applied() => json(
+                StatusCode::OK,
+                serde_json::json!({ "data": report })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Ok(report) => {
+                let mut v = serde_json::json!({
+                    "error": {
+                        "code": "RELOAD_REFUSED",
+                        "message": report.error.clone().unwrap_or_default(),
+                    }
+                });
+                v["error"]["keys"] = serde_json::json!(report.keys);
+                json(StatusCode::CONFLICT, v.to_string().into_bytes())
+            }
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                envelope("INTERNAL", &format!("reload task failed: {e}")).to_vec(),
+            ),
+        }
+    }
+}
+
 /// The status page: plain HTML and one inline script, no external resources.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
@@ -138,7 +182,7 @@ impl Admin {
     /// The admin token if one is configured, from the bearer header or (for the page a browser
     /// navigates to) the `token` query parameter; open when no token is configured.
     fn authorized_if_configured(&self, session: &ServerSession, query_token: bool) -> bool {
-        let Some(expected) = &self.token else {
+        let Some(expected) = self.token() else {
             return true;
         };
         if self.authorized(session) {
@@ -153,7 +197,7 @@ impl Admin {
     }
 
     fn unauthorized(&self) -> Response<Vec<u8>> {
-        let msg = if self.token.is_some() {
+        let msg = if self.token().is_some() {
             "missing or wrong admin token; send \"Authorization: Bearer <admin token>\""
         } else {
             "no admin token is configured (admin.token or admin.token_file)"
@@ -168,12 +212,10 @@ impl Admin {
         if !self.authorized(session) {
             return self.unauthorized();
         }
-        let pinned = self
-            .settings
-            .as_ref()
-            .and_then(|s| s.edge.api_version.as_deref());
+        let live = self.live.load();
+        let pinned = live.edge.pinned_api_version();
         let answer = inspect::EntryQuery::parse(session.req_header().uri.query())
-            .and_then(|q| inspect::cache_entry(self.cache, &q, pinned));
+            .and_then(|q| inspect::cache_entry(self.cache, &q, pinned, &live.cache));
         match answer {
             Ok(v) => json(
                 StatusCode::OK,
@@ -190,7 +232,12 @@ impl Admin {
         if !self.authorized_if_configured(session, false) {
             return self.unauthorized();
         }
-        let v = inspect::stats(self.cache, self.settings.as_deref());
+        let live = self.live.load();
+        let mut v = inspect::stats(self.cache, Some(live.settings.as_ref()));
+        v["config"] = serde_json::json!({
+            "hash": live.hash,
+            "last_reload": self.reloader.as_ref().and_then(|r| r.last()),
+        });
         json(
             StatusCode::OK,
             serde_json::json!({ "data": v }).to_string().into_bytes(),
@@ -280,6 +327,7 @@ impl ServeHttp for Admin {
                 metrics::render(),
             ),
             (Method::POST, "/admin/purge") => self.purge(session).await,
+            (Method::POST, "/admin/reload") => self.reload(session).await,
             (Method::GET | Method::HEAD, "/") => self.status_page(session),
             (Method::GET | Method::HEAD, "/admin/cache") => self.cache_entry(session),
             (Method::GET | Method::HEAD, "/admin/stats") => self.stats(session),
@@ -287,7 +335,7 @@ impl ServeHttp for Admin {
                 StatusCode::METHOD_NOT_ALLOWED,
                 envelope("METHOD_NOT_ALLOWED", "method not allowed on this path").to_vec(),
             ),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/purge") => json(
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/purge" | "/admin/reload") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 envelope("METHOD_NOT_ALLOWED", "method not allowed on this path").to_vec(),
             ),

@@ -580,7 +580,10 @@ impl Compression {
         if target == Encoding::Identity {
             resp.remove_header(&http::header::CONTENT_ENCODING);
             if let Some(len) = decoded_length {
-                // Only a body the gateway compressed itself has it: the length is exact.
+                // Only a body the gateway compressed itself has it: the length is exact. Pingora
+                // made the coded body chunked (it had no length); the decoded one has a length
+                // again, and RFC 9112 §6.3 forbids sending both.
+                resp.remove_header(&http::header::TRANSFER_ENCODING);
                 resp.insert_header(http::header::CONTENT_LENGTH, len)?;
             }
         } else {

@@ -11,6 +11,7 @@ use crate::cache::{CacheCtx, CacheStatus};
 use crate::compression::{Accepted, Encoding, SyncTransform};
 use crate::edge::{Admitted, Principal};
 use crate::errors::GatewayError;
+use crate::live::LiveSettings;
 use crate::metrics::UpstreamErrorKind;
 use crate::ratelimit::Decision;
 use crate::routes::OTHER_ROUTE;
@@ -122,6 +123,9 @@ pub struct RequestCtx {
     pub request_body_bytes: u64,
     /// A write's request body for invalidation rules.
     pub write_body: WriteBody,
+    /// The live configuration this request runs on, read once when it starts: a reload swaps
+    /// in the next one for later requests only.
+    pub live: Arc<LiveSettings>,
     /// A `POST` to Raster's GraphQL endpoint (`[graphql]`).
     pub graphql: bool,
     /// The client's `Accept-Encoding`, normalised.
@@ -136,7 +140,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(in_flight: &InFlight) -> Self {
+    pub fn new(in_flight: &InFlight, live: Arc<LiveSettings>) -> Self {
         Self {
             start: Instant::now(),
             subrequest: false,
@@ -154,6 +158,7 @@ impl RequestCtx {
             upstream_error: None,
             request_body_bytes: 0,
             write_body: WriteBody::Empty,
+            live,
             graphql: false,
             accepted: Accepted::IDENTITY_ONLY,
             upstream_transform: None,

@@ -26,22 +26,23 @@ use crate::cache::{BypassReason, Cache, CacheCtx};
 use crate::compression::{content_coding, Accepted, Coded, Encoding};
 use crate::config::{Count, Settings};
 use crate::ctx::{InFlight, RequestCtx};
-use crate::edge::{Edge, Principal};
+use crate::edge::Principal;
 use crate::errors::{self, GatewayError};
 use crate::graphql::{self, KnownOrgs};
+use crate::live::Live;
 use crate::metrics::METRICS;
 use crate::ratelimit::{RateLimiter, Subject};
 use crate::response;
-use crate::routes::RouteNames;
 use crate::upstream::{self, Upstream};
 
 pub struct Gateway {
+    /// The boot settings: only keys that cannot change live are read from here; the rest
+    /// comes from the request's [`RequestCtx::live`].
     settings: Arc<Settings>,
-    edge: Edge,
-    limiter: Option<RateLimiter>,
+    live: Arc<Live>,
+    limiter: Option<Arc<RateLimiter>>,
     cache: &'static Cache,
     upstream: Arc<Upstream>,
-    routes: RouteNames,
     in_flight: InFlight,
     /// Key id → organization, for GraphQL mutations that do not say it.
     orgs: KnownOrgs,
@@ -50,30 +51,19 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         settings: Arc<Settings>,
+        live: Arc<Live>,
         cache: &'static Cache,
-        limiter: Option<RateLimiter>,
+        limiter: Option<Arc<RateLimiter>>,
         upstream: Arc<Upstream>,
         in_flight: InFlight,
     ) -> Self {
-        let routes = RouteNames::new(
-            settings
-                .cache
-                .routes
-                .iter()
-                .map(|r| (&r.pattern, r.name.as_str())),
-        );
-        let graphql = settings
-            .graphql
-            .enabled
-            .then(|| settings.graphql.path.clone());
         Self {
-            edge: Edge::new(settings.edge.clone()).with_graphql(graphql),
             orgs: KnownOrgs::new(settings.graphql.max_known_keys),
             settings,
+            live,
             limiter,
             cache,
             upstream,
-            routes,
             in_flight,
         }
     }
@@ -122,8 +112,8 @@ impl Gateway {
         self.reject(session, ctx, GatewayError::RateLimited).await
     }
 
-    fn counts(&self, count: Count) -> bool {
-        self.settings.rate_limit.enabled && self.settings.rate_limit.count == count
+    fn counts(&self, ctx: &RequestCtx, count: Count) -> bool {
+        self.settings.rate_limit.enabled && ctx.live.settings.rate_limit.count == count
     }
 
     /// A GraphQL answer: a 2xx to a mutation (or to a body that cannot be read) invalidates
@@ -184,7 +174,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(&self.in_flight)
+        RequestCtx::new(&self.in_flight, self.live.load())
     }
 
     async fn early_request_filter(
@@ -217,15 +207,15 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, e).await;
             }
         }
-        (ctx.route_index, ctx.route) = self.routes.lookup(session.req_header().uri.path());
+        (ctx.route_index, ctx.route) = ctx.live.routes.lookup(session.req_header().uri.path());
 
         // 1. Edge checks.
-        let admitted = match self.edge.check(session.req_header()) {
+        let admitted = match ctx.live.edge.check(session.req_header()) {
             Ok(admitted) => admitted,
             Err(e) => return self.reject(session, ctx, e).await,
         };
         ctx.admitted = Some(admitted);
-        ctx.graphql = self.edge.is_graphql(session.req_header());
+        ctx.graphql = ctx.live.edge.is_graphql(session.req_header());
         ctx.accepted = Accepted::parse(session.req_header());
         let declared = session
             .req_header()
@@ -240,7 +230,7 @@ impl ProxyHttp for Gateway {
         }
 
         // 2. Rate limit, when every request counts.
-        if self.counts(Count::All) && self.rate_limit(session, ctx).await? {
+        if self.counts(ctx, Count::All) && self.rate_limit(session, ctx).await? {
             return Ok(true);
         }
 
@@ -252,7 +242,8 @@ impl ProxyHttp for Gateway {
                 session.req_header(),
                 admitted,
                 ctx.route_index,
-                self.edge.pinned_api_version(),
+                ctx.live.edge.pinned_api_version(),
+                &ctx.live.cache,
             )
         };
 
@@ -358,7 +349,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<RespCacheable> {
         self.cache
-            .response_cache_filter(session, resp, &mut ctx.cache)
+            .response_cache_filter(session, resp, &mut ctx.cache, &ctx.live.cache)
     }
 
     fn cache_vary_filter(
@@ -391,7 +382,7 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         }
         // Rate limit, when only upstream-bound requests count (cache hits never get here).
-        if self.counts(Count::Upstream) && self.rate_limit(session, ctx).await? {
+        if self.counts(ctx, Count::Upstream) && self.rate_limit(session, ctx).await? {
             return Ok(false);
         }
         Ok(true)
@@ -403,7 +394,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         ctx.upstream_start.get_or_insert_with(Instant::now);
-        self.upstream.peer()
+        self.upstream.peer_with(&ctx.live.settings.upstream)
     }
 
     async fn upstream_request_filter(
@@ -424,12 +415,12 @@ impl ProxyHttp for Gateway {
         }
         if let Some(a) = ctx.admitted {
             if a.inject_key {
-                if let Some(key) = self.edge.pinned_api_key() {
+                if let Some(key) = ctx.live.edge.pinned_api_key() {
                     req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))?;
                 }
             }
             if a.inject_version {
-                if let Some(v) = self.edge.pinned_api_version() {
+                if let Some(v) = ctx.live.edge.pinned_api_version() {
                     req.insert_header("api-version", v)?;
                 }
             }
@@ -528,8 +519,12 @@ impl ProxyHttp for Gateway {
             self.after_graphql(resp, ctx);
         } else if is_write(&session.req_header().method) {
             // Before the client sees the write's response, so its next read is fresh.
-            self.cache
-                .after_write(session.req_header(), resp, ctx.write_body.inspected());
+            self.cache.after_write(
+                session.req_header(),
+                resp,
+                ctx.write_body.inspected(),
+                &ctx.live.cache,
+            );
         } else if resp.status.is_success() {
             if let (Some(key), Some(org)) = (
                 ctx.principal().and_then(|p| p.key_id()),
@@ -585,7 +580,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // The request never reached the origin: retry idempotent ones on a fresh connection.
         let idempotent = session.req_header().method.is_idempotent();
-        if idempotent && ctx.retries < self.settings.upstream.retries {
+        if idempotent && ctx.retries < ctx.live.settings.upstream.retries {
             ctx.retries += 1;
             e.set_retry(true);
         } else {
@@ -644,7 +639,8 @@ impl ProxyHttp for Gateway {
         if ctx.subrequest {
             return;
         }
-        access_log::record(session, e, ctx, self.settings.log.access_log);
+        let enabled = ctx.live.settings.log.access_log;
+        access_log::record(session, e, ctx, enabled);
     }
 }
 

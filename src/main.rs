@@ -8,15 +8,24 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raster_edge::config::{self, LogFormat, Overrides, Settings};
 use raster_edge::edge::KeyIdHasher;
+use raster_edge::warm;
 
 // The request path allocates small, short-lived objects (headers, keys, log fields); glibc's
 // malloc/free were ~10% of CPU on cache hits, mimalloc roughly halves that.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RASTER_BUILD_COMMIT"),
+    ")"
+);
+
 /// A caching, rate-limiting gateway for the Raster REST API.
 #[derive(Parser, Debug)]
-#[command(name = "raster-edge", version, about)]
+#[command(name = "raster-edge", version = VERSION, about)]
 struct Cli {
     /// TOML config file (default: the embedded config/raster-edge.toml).
     #[arg(long, global = true, value_name = "FILE")]
@@ -30,6 +39,10 @@ struct Cli {
     /// Upstream origin URL (overrides upstream.url).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// Take the listening sockets over from the running gateway (send it SIGQUIT within 5 s);
+    /// the binary upgrade, docs/OPERATIONS.md.
+    #[arg(long, short = 'u')]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,15 +56,27 @@ enum Command {
     /// Print the key id of an API key under the configured key_id_secret (for rate-limit
     /// tiers). Reads the key from standard input when not given, keeping it out of shell history.
     KeyId { key: Option<String> },
+    /// Print the effective configuration (embedded default, --config file, RASTER_EDGE_*
+    /// environment and flags applied; secrets redacted) and its hash.
+    PrintConfig,
+    /// Warm a cold cache: GET every path in a list through the gateway with one API key (from
+    /// RASTER_API_KEY or --key-file; none when the sidecar pins edge.api_key), so the entries
+    /// are stored under that key's id. Exits non-zero when any request fails.
+    Warm(warm::Args),
 }
 
 fn init_logging(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RASTER_EDGE_LOG")
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{reload, EnvFilter};
+    let from_env = std::env::var("RASTER_EDGE_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
+        .and_then(|f| EnvFilter::try_new(f).ok());
+    let pinned_by_env = from_env.is_some();
+    let filter = from_env
         .or_else(|| EnvFilter::try_new(&settings.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // The filter sits behind a reload handle: a config reload sets `log.level` live.
+    let (filter, handle) = reload::Layer::new(filter);
     use std::io::IsTerminal;
     // Log lines are written by a background thread: one write syscall per access-log line on
     // the request path would cost more than serving a cache hit.
@@ -59,17 +84,26 @@ fn init_logging(settings: &Settings) {
         .lossy(false)
         .finish(std::io::stderr());
     raster_edge::server::keep_log_guard(guard);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
     if let Err(e) = result {
         eprintln!("raster-edge: logging not initialised: {e}");
+        return;
     }
+    raster_edge::reload::set_log_filter_setter(Box::new(move |level| {
+        if pinned_by_env {
+            // RASTER_EDGE_LOG wins over the file, at start and on reload alike.
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
 }
 
 fn main() -> ExitCode {
@@ -124,10 +158,36 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run => {
+        Command::PrintConfig => {
+            let effective = config::effective::load(cli.config.as_deref(), &overrides)?;
+            let from = cli
+                .config
+                .as_deref()
+                .map_or("the embedded default".to_string(), |p| {
+                    p.display().to_string()
+                });
+            println!(
+                "# raster-edge {VERSION}: effective configuration from {from}, RASTER_EDGE_* \
+                 environment and flags applied; secrets redacted\n# hash {}\n",
+                effective.hash()
+            );
+            print!("{}", effective.to_toml());
+            Ok(())
+        }
+        Command::Warm(args) => {
             let settings = config::load(cli.config.as_deref(), &overrides)?;
-            init_logging(&settings);
-            let result = raster_edge::server::run(settings);
+            warm::run(args, &settings)
+        }
+        Command::Run => {
+            let effective = config::effective::load(cli.config.as_deref(), &overrides)?;
+            init_logging(&effective.settings);
+            tracing::info!(version = VERSION, config = %effective.hash(), "raster-edge");
+            let boot = raster_edge::server::Boot {
+                config_path: cli.config.clone(),
+                overrides,
+                upgrade: cli.upgrade,
+            };
+            let result = raster_edge::server::run(effective, boot);
             raster_edge::server::flush_logs();
             result
         }

@@ -29,6 +29,13 @@ pub const REDIS_ERRORS_TOTAL: &str = "raster_edge_redis_errors_total";
 pub const BUILD_INFO: &str = "raster_edge_build_info";
 pub const READY: &str = "raster_edge_ready";
 
+// Configuration reload and build identity.
+pub const CONFIG_RELOAD_TOTAL: &str = "raster_edge_config_reload_total";
+pub const CONFIG_INFO: &str = "raster_edge_config_info";
+/// The commit the binary was built from (build.rs: `git`, else `RASTER_EDGE_COMMIT`, else
+/// `unknown`).
+pub const BUILD_COMMIT: &str = env!("RASTER_BUILD_COMMIT");
+
 // Label values. Every bounded label the gateway emits is one of these enums; `as_str()` is the
 // exported value, and help texts and tests use the same constants.
 
@@ -204,6 +211,14 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0, 30.0,
 ];
 
+label_values! {
+    /// `raster_edge_config_reload_total{result}`.
+    ReloadResult {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
 pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -223,6 +238,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub ready: Gauge,
+    pub config_reloads: IntCounterVec,
+    pub config_info: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -326,14 +343,31 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         build_info: register_int_gauge_vec!(
             BUILD_INFO,
-            "Always 1; the version label says which build runs",
-            &["version"]
+            "Always 1; the version and commit labels say which build runs",
+            &["version", "commit"]
         )?,
         ready: register_gauge!(READY, "1 once every listener is up")?,
+        config_reloads: register_int_counter_vec!(
+            CONFIG_RELOAD_TOTAL,
+            format!(
+                "Configuration reloads (SIGHUP, POST /admin/reload) by result ({})",
+                ReloadResult::help_list()
+            ),
+            &["result"]
+        )?,
+        config_info: register_int_gauge_vec!(
+            CONFIG_INFO,
+            "Always 1; the hash label names the configuration in effect",
+            &["hash"]
+        )?,
     };
     m.build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT])
         .set(1);
+    // Both series exist from the start, so an alert on their increase sees the first error.
+    for r in ReloadResult::ALL {
+        m.config_reloads.with_label_values(&[r.as_str()]);
+    }
     Ok(m)
 }
 

@@ -21,9 +21,10 @@ pub fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<
 /// Once shutdown has begun, every response says `Connection: close`: a keep-alive client then
 /// opens its next connection elsewhere instead of writing a request onto a connection the
 /// draining process is about to drop (Pingora closes idle keep-alive connections at shutdown,
-/// and a request already on its way is lost with them).
+/// and a request already on its way is lost with them). The same from SIGQUIT on, during a
+/// binary upgrade ([`crate::handover`]).
 pub fn close_when_draining(session: &mut Session) {
-    if session.is_process_shutting_down() {
+    if session.is_process_shutting_down() || crate::handover::handing_over() {
         session.set_keepalive(None);
     }
 }

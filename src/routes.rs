@@ -196,6 +196,17 @@ pub struct RouteNames {
 
 pub const OTHER_ROUTE: &str = "other";
 
+fn intern(name: &str) -> &'static str {
+    static NAMES: parking_lot::Mutex<Vec<&'static str>> = parking_lot::Mutex::new(Vec::new());
+    let mut names = NAMES.lock();
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(n);
+    n
+}
+
 /// Segments a path is split into on the stack for a lookup; longer paths take the plain walk.
 const MAX_SEGMENTS: usize = 16;
 
@@ -203,9 +214,10 @@ impl RouteNames {
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a PathPattern, &'a str)>) -> Self {
         let routes = routes
             .into_iter()
-            // Leaked once at start: a handful of config-sized strings that live as long as the
-            // process, so every request can carry a `&'static str` label without allocating.
-            .map(|(p, n)| (p.clone(), &*Box::leak(n.to_string().into_boxed_str())))
+            // Leaked once per distinct name: a handful of config-sized strings that live as long
+            // as the process, so every request can carry a `&'static str` label without
+            // allocating (a config reload reuses the names it already has).
+            .map(|(p, n)| (p.clone(), intern(n)))
             .collect();
         Self { routes }
     }

@@ -8,6 +8,7 @@
 //! polls, and an idle gateway has no timers of its own.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +22,14 @@ use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
 use crate::cache::Cache;
-use crate::config::Settings;
+use crate::config::effective::Effective;
+use crate::config::{Overrides, Settings};
 use crate::ctx::InFlight;
 use crate::gateway::Gateway;
-use crate::ratelimit::RateLimiter;
+use crate::handover::Handover;
+use crate::live::{Live, LiveSettings};
+use crate::ratelimit::{Limits, RateLimiter};
+use crate::reload::{self, ReloadHook, Reloader, Trigger};
 use crate::upstream::Upstream;
 
 static LOG_GUARD: parking_lot::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
@@ -51,28 +56,52 @@ pub fn check_ports(addrs: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
 }
 
 /// SIGTERM: graceful terminate (and start draining); SIGINT: fast stop; SIGQUIT: hand the
-/// listening sockets to a new process (zero-downtime upgrade).
-pub struct Signals;
+/// listening sockets to a new process (zero-downtime upgrade); SIGHUP: reload the config file
+/// (and keep running whatever the outcome).
+pub struct Signals {
+    reloader: Option<Arc<Reloader>>,
+}
+
+impl Signals {
+    pub fn new(reloader: Option<Arc<Reloader>>) -> Self {
+        Self { reloader }
+    }
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: no new connections; finishing in-flight requests");
-                ShutdownSignal::GracefulTerminate
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: no new connections; finishing in-flight requests");
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => {
+                    tracing::info!("SIGQUIT: handing the listeners to the new process; every response now closes its connection");
+                    crate::handover::start();
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = hup.recv() => match &self.reloader {
+                    Some(r) => {
+                        let r = r.clone();
+                        // The outcome is logged and counted by the reloader itself.
+                        let _ = tokio::task::spawn_blocking(move || r.reload(Trigger::Sighup)).await;
+                    }
+                    None => tracing::warn!("SIGHUP: this gateway has no reloader; ignored"),
+                },
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         }
     }
 }
@@ -97,6 +126,11 @@ impl BackgroundService for Drain {
             }
         }
         let started = Instant::now();
+        if crate::handover::handing_over() {
+            // Connections accepted just before the listeners closed still get their request
+            // read and answered (see `handover`): no exit before that.
+            tokio::time::sleep(crate::handover::SETTLE + DRAIN_SETTLE).await;
+        }
         loop {
             self.in_flight.idle().await;
             tokio::time::sleep(DRAIN_SETTLE).await;
@@ -119,6 +153,20 @@ pub struct Instance {
     server: Server,
     cache: &'static Cache,
     certificates: Option<Arc<crate::tls::Certificates>>,
+    reloader: Arc<Reloader>,
+}
+
+/// How the process was started, beyond the settings: what a reload reads again, and whether
+/// this process takes its listeners over from a running one.
+#[derive(Debug, Clone, Default)]
+pub struct Boot {
+    /// The `--config` file (`None`: the embedded default, nothing to reload).
+    pub config_path: Option<PathBuf>,
+    /// Command-line overrides, applied again on every reload.
+    pub overrides: Overrides,
+    /// `--upgrade`: receive the listening sockets from the process that gets SIGQUIT (through
+    /// the upgrade socket in `server.runtime_dir`) instead of binding them.
+    pub upgrade: bool,
 }
 
 impl Instance {
@@ -133,6 +181,11 @@ impl Instance {
         self.cache
     }
 
+    /// Reloads the configuration (what SIGHUP and `POST /admin/reload` do).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
     /// Runs until `signal` says stop.
     pub fn run(self, signal: Box<dyn ShutdownSignalWatch>) {
         self.server.run(RunArgs {
@@ -141,15 +194,23 @@ impl Instance {
     }
 }
 
+/// Builds the gateway from settings made in process (no file to reload, no upgrade).
+pub fn build(settings: Settings) -> anyhow::Result<Instance> {
+    build_with(Effective::from_settings(settings), Boot::default())
+}
+
 /// Builds the gateway: the proxy service with the [`Gateway`], the admin service, and the
 /// background services (readiness, drain, fleet invalidation), all stopping on the server's
 /// shutdown.
-pub fn build(settings: Settings) -> anyhow::Result<Instance> {
-    let settings = Arc::new(settings);
-    let mut ports = vec![("listen.admin", settings.listen.admin)];
-    ports.extend(settings.listen.proxy.tcp().map(|a| ("listen.proxy", a)));
-    ports.extend(settings.listen.plain.map(|a| ("listen.plain", a)));
-    check_ports(&ports)?;
+pub fn build_with(effective: Effective, boot: Boot) -> anyhow::Result<Instance> {
+    let settings = Arc::new(effective.settings.clone());
+    if !boot.upgrade {
+        // With --upgrade the old process holds these ports until it hands them over.
+        let mut ports = vec![("listen.admin", settings.listen.admin)];
+        ports.extend(settings.listen.proxy.tcp().map(|a| ("listen.proxy", a)));
+        ports.extend(settings.listen.plain.map(|a| ("listen.plain", a)));
+        check_ports(&ports)?;
+    }
     // Certificates are checked before anything starts: a bad one names its key and stops here.
     let certificates = match &settings.tls {
         Some(tls) => Some(crate::tls::Certificates::load(tls)?),
@@ -173,7 +234,11 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: boot.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     if settings.edge.key_id_secret_generated {
@@ -217,28 +282,69 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         ));
     }
     let limiter = if settings.rate_limit.enabled {
-        Some(RateLimiter::new(&settings.rate_limit, &settings.redis)?)
+        Some(Arc::new(RateLimiter::new(
+            &settings.rate_limit,
+            &settings.redis,
+        )?))
     } else {
         None
     };
     let upstream = Upstream::start(settings.upstream.clone());
     let in_flight = InFlight::default();
+    let live = Live::new(LiveSettings::new(&effective));
+
+    // What a reload updates besides the request snapshot: each is prepared against the new
+    // settings, and committed only when all of them (and the snapshot) prepared.
+    let mut hooks: Vec<Box<dyn ReloadHook>> = Vec::new();
+    if let Some(limiter) = &limiter {
+        let limiter = limiter.clone();
+        hooks.push(reload::hook("rate_limit", move |next| {
+            let limits = Limits::new(&next.rate_limit)?;
+            let limiter = limiter.clone();
+            Ok(Box::new(move || limiter.set_limits(limits)))
+        }));
+    }
+    // Certificates: checked against the new `[tls]` in prepare, swapped in commit (the files
+    // are read again even when the paths did not change, so SIGHUP also picks up renewals).
+    // TLS cannot be switched on or off live: the listener would have to change.
+    let tls_certs = certificates.clone();
+    hooks.push(reload::hook("tls", move |next| {
+        match (&tls_certs, &next.tls) {
+            (None, None) => Ok(Box::new(|| ())),
+            (Some(certs), Some(tls)) => {
+                crate::tls::Certificates::load(tls)?;
+                let (certs, tls) = (certs.clone(), tls.clone());
+                Ok(Box::new(move || {
+                    if let Err(e) = certs.reload_from(&tls) {
+                        tracing::error!(error = %e, "tls: certificates checked at reload failed to swap in");
+                    }
+                }))
+            }
+            _ => anyhow::bail!(
+                "tls: TLS cannot be switched on or off by a reload; restart or upgrade the binary"
+            ),
+        }
+    }));
+    let reloader = Arc::new(Reloader::new(
+        boot.config_path.clone(),
+        boot.overrides.clone(),
+        effective,
+        live.clone(),
+        hooks,
+    ));
+
     let gateway = Gateway::new(
         settings.clone(),
+        live.clone(),
         cache,
         limiter,
         upstream.clone(),
         in_flight.clone(),
     );
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "raster-edge proxy",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
-        crate::listeners::configure(app, &settings);
-    }
+    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    crate::listeners::configure(&mut http, &settings);
+    let mut proxy = Service::new("raster-edge proxy".to_string(), Handover::new(http));
     crate::listeners::add(&mut proxy, &settings, certificates.as_ref())?;
     if let Some(certs) = certificates
         .as_ref()
@@ -253,9 +359,9 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(
         "raster-edge admin".to_string(),
-        Admin::new(settings.admin.token.clone(), cache, ready.clone())
+        Admin::new(live, cache, ready.clone())
             .with_upstream(upstream)
-            .with_settings(settings.clone()),
+            .with_reloader(reloader.clone()),
     );
     admin_service.add_tcp(&settings.listen.admin.to_string());
 
@@ -278,11 +384,14 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         server,
         cache,
         certificates,
+        reloader,
     })
 }
 
 /// Runs the gateway until a signal tells it to stop.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
-    build(settings)?.run(Box::new(Signals));
+pub fn run(effective: Effective, boot: Boot) -> anyhow::Result<()> {
+    let instance = build_with(effective, boot)?;
+    let signals = Signals::new(Some(instance.reloader.clone()));
+    instance.run(Box::new(signals));
     Ok(())
 }

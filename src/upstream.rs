@@ -186,8 +186,15 @@ impl Upstream {
         &self.settings
     }
 
-    /// A ready peer for one request (round robin over the resolved addresses).
+    /// A ready peer for one request (round robin over the resolved addresses), with the
+    /// timeouts given at start.
     pub fn peer(self: &Arc<Self>) -> pingora::Result<Box<HttpPeer>> {
+        self.peer_with(&self.settings)
+    }
+
+    /// [`Upstream::peer`] with the timeouts of `live` (the request's configuration after a
+    /// reload); the address, TLS and ALPN stay the ones given at start.
+    pub fn peer_with(self: &Arc<Self>, live: &UpstreamSettings) -> pingora::Result<Box<HttpPeer>> {
         self.refresh_if_due();
         let addrs = self.addrs.read().clone();
         if addrs.is_empty() {
@@ -200,13 +207,14 @@ impl Upstream {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
         let s = &self.settings;
         let mut peer = HttpPeer::new(addrs[i], s.tls, s.host.clone());
+        let s = live;
         let o = &mut peer.options;
         o.connection_timeout = Some(s.connect_timeout);
         o.total_connection_timeout = Some(s.connect_timeout * 2);
         o.read_timeout = Some(s.read_timeout);
         o.write_timeout = Some(s.write_timeout);
         o.idle_timeout = Some(s.idle_timeout);
-        if s.tls && s.http2 {
+        if self.settings.tls && self.settings.http2 {
             o.alpn = ALPN::H2H1;
         }
         Ok(Box::new(peer))

@@ -312,3 +312,46 @@ async fn test_compression_large_pages_round_trip() {
     enc.write_all(b"x").expect("gzip");
     assert_eq!(decode("gzip", &enc.finish().expect("gzip")), b"x");
 }
+
+/// A body the gateway gzipped on the way into the store goes to an identity client decoded,
+/// framed by one `Content-Length` and no `Transfer-Encoding` (RFC 9112 §6.3 forbids both):
+/// a client that frames by the length must find the next response exactly where it starts.
+/// On one keep-alive connection: the miss (decoded as it streams), then the hit.
+#[tokio::test]
+async fn test_compression_decoded_responses_are_framed_by_one_length() {
+    for fast_path in [true, false] {
+        let mock = Mock::start();
+        let edge = Edge::start(&mock.url(), &config(fast_path, ""));
+        let addr = edge.addr;
+        let path = format!("{BCN_ASSETS}?pageSize=20");
+        let bodies = tokio::task::spawn_blocking(move || {
+            let mut conn = common::keepalive::Conn::open(addr).expect("connect");
+            let headers = [
+                ("Authorization", "Bearer demo-read"),
+                ("Api-Version", "2026-05-20"),
+            ];
+            (0..3)
+                .map(|_| {
+                    let r = conn.get(&path, &headers).expect("a whole response");
+                    assert_eq!(r.status, 200);
+                    assert!(
+                        r.header("transfer-encoding").is_none()
+                            || r.header("content-length").is_none(),
+                        "both framings: {:?}",
+                        r.headers
+                    );
+                    assert!(r.header("content-encoding").is_none());
+                    r.body
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("client thread");
+        assert!(bodies[0].len() > 1024, "large enough to be compressed");
+        assert!(
+            bodies.iter().all(|b| b == &bodies[0]),
+            "fast_path={fast_path}"
+        );
+        serde_json::from_slice::<Value>(&bodies[0]).expect("identity json");
+    }
+}

@@ -145,7 +145,15 @@ async fn hits_free(t: Transport) {
         "[rate_limit]\nrate = 0.1\nburst = 2\ncount = \"upstream\"\n",
     );
     // One miss spends one token; hits of the same URL are free.
-    for _ in 0..10 {
+    assert_eq!(get(&edge, "demo-read", ASSETS).await.status(), 200);
+    // The fill is committed as the miss's body ends; over h2 the next stream may start before
+    // that, so wait for the entry (a bounded poll of the store's gauge, not a TTL sleep).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.metric(metrics::CACHE_ENTRIES, &[]).await < 1.0 {
+        assert!(Instant::now() < deadline, "the miss was never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..9 {
         assert_eq!(get(&edge, "demo-read", ASSETS).await.status(), 200);
     }
     assert_eq!(mock.requests().await, 1);

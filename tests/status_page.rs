@@ -147,14 +147,43 @@ async fn test_status_page_loads_in_chromium_and_numbers_move() {
     assert!(text_of(&first, "hit-ratio").ends_with('%'));
     assert!(number_of(&first, "cache-entries") >= 1.0);
     assert_eq!(text_of(&first, "redis-state"), "not used");
-    assert_eq!(text_of(&first, "config-hash"), "unknown");
+    let stats: serde_json::Value = client()
+        .get(edge.admin_url("/admin/stats"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    let hash = stats["data"]["config"]["hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    assert_eq!(hash.len(), 16, "{stats}");
+    assert_eq!(text_of(&first, "config-hash"), hash);
+    assert_eq!(text_of(&first, "last-reload"), "none since start");
     for route in ["<td>me</td>", "<td>libraries</td>", "<td>assets</td>"] {
         assert!(first.contains(route), "routes table lacks {route}");
     }
     assert!(first.contains("<td>default</td>"), "tiers table");
 
     traffic(&edge, 30).await;
+    // A reload the page then reports (same file: nothing changed, still a reload).
+    let reload = client()
+        .post(edge.admin_url("/admin/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status().as_u16(), 200);
     let second = run_chromium(&url, &["--dump-dom".to_string()]);
+    assert!(
+        text_of(&second, "last-reload").starts_with("ok (admin, "),
+        "{}",
+        text_of(&second, "last-reload")
+    );
+    assert_eq!(text_of(&second, "config-hash"), hash);
     let total2 = number_of(&second, "requests-total");
     assert_eq!(total2, 42.0, "numbers moved under traffic");
     assert!(number_of(&second, "requests-minute") > number_of(&first, "requests-minute"));

@@ -106,6 +106,7 @@ pub fn cache_entry(
     cache: &Cache,
     q: &EntryQuery,
     pinned_version: Option<&str>,
+    live: &crate::cache::CacheLive,
 ) -> Result<Value, Refusal> {
     let mut req = RequestHeader::build("GET", q.url.as_bytes(), None)
         .map_err(|e| bad(format!("url: {e}")))?;
@@ -119,7 +120,7 @@ pub fn cache_entry(
         inject_version: q.api_version.is_none(),
     };
     let effective_version = q.api_version.as_deref().or(pinned_version);
-    let ctx = cache.prepare(&req, admitted, None, pinned_version);
+    let ctx = cache.prepare(&req, admitted, None, pinned_version, live);
     let Some(prepared) = ctx.prepared() else {
         return Err((
             404,
@@ -145,7 +146,9 @@ pub fn cache_entry(
     let path = req.uri.path();
     let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
     let mut generations = Vec::new();
-    cache.invalidation().generations(path, pq, &mut generations);
+    cache
+        .invalidation()
+        .generations(&live.rules, path, pq, &mut generations);
 
     let now = SystemTime::now();
     let ttl = entry.ttl(now);
@@ -264,11 +267,6 @@ pub fn stats(cache: &Cache, settings: Option<&Settings>) -> Value {
         "fleet_invalidation": redis_fleet,
         "ratelimit_fallback_active": fallback,
         "errors_total": redis_errors,
-    });
-    // The config hot reload is not part of this build: these say so instead of guessing.
-    v["config"] = json!({
-        "hash": "unknown",
-        "last_reload": "unknown",
     });
     v
 }

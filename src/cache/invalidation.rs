@@ -299,9 +299,36 @@ pub struct Invalidation {
     scopes: GenMap,
     trees: GenMap,
     urls: GenMap,
+}
+
+/// The configured write rules and the read-side scope patterns derived from them: the part of
+/// invalidation a config reload replaces (the generations stay, in [`Invalidation`]).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
     rules: Vec<InvalidationRule>,
     /// Read-side scope patterns, most specific (longest) first.
     scope_patterns: Vec<PathPattern>,
+}
+
+impl Rules {
+    /// Built from the configured rules only: the embedded default configuration carries
+    /// Raster's write routes, and a file that lists no rules (`invalidation = []`) gets none,
+    /// leaving the target URI and `Location` invalidation.
+    pub fn new(configured: &[InvalidationRule]) -> Self {
+        let rules = configured.to_vec();
+        // Scope templates match reads like route templates: `{body.x}` is one segment.
+        let mut scope_patterns: Vec<PathPattern> = Vec::new();
+        for t in rules.iter().flat_map(|r| r.scopes.iter()) {
+            if !scope_patterns.iter().any(|q| q.same_shape(t)) {
+                scope_patterns.push(t.clone());
+            }
+        }
+        scope_patterns.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+        Self {
+            rules,
+            scope_patterns,
+        }
+    }
 }
 
 /// What a write invalidated, for logs and tests.
@@ -314,28 +341,21 @@ pub struct Bumped {
     pub provisional: Vec<u64>,
 }
 
+impl Default for Invalidation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Invalidation {
-    /// Built from the configured rules only: the embedded default configuration carries
-    /// Raster's write routes, and a file that lists no rules (`invalidation = []`) gets none,
-    /// leaving the target URI and `Location` invalidation.
-    pub fn new(configured: &[InvalidationRule]) -> anyhow::Result<Self> {
-        let rules = configured.to_vec();
-        // Scope templates match reads like route templates: `{body.x}` is one segment.
-        let mut scope_patterns: Vec<PathPattern> = Vec::new();
-        for t in rules.iter().flat_map(|r| r.scopes.iter()) {
-            if !scope_patterns.iter().any(|q| q.same_shape(t)) {
-                scope_patterns.push(t.clone());
-            }
-        }
-        scope_patterns.sort_by_key(|p| std::cmp::Reverse(p.depth()));
-        Ok(Self {
+    /// Empty generation tables; the rules come with each call ([`Rules`]).
+    pub fn new() -> Self {
+        Self {
             counter: AtomicU64::new(0),
             scopes: GenMap::new(GENERATION_CAPACITY),
             trees: GenMap::new(GENERATION_CAPACITY),
             urls: GenMap::new(GENERATION_CAPACITY),
-            rules,
-            scope_patterns,
-        })
+        }
     }
 
     /// A fresh provisional value (see [`PROVISIONAL`]): never reused in this process.
@@ -382,7 +402,7 @@ impl Invalidation {
     }
 
     /// The most specific configured scope that is a prefix of `path`, normalised.
-    pub fn own_scope(&self, path: &str) -> Option<String> {
+    pub fn own_scope(&self, rules: &Rules, path: &str) -> Option<String> {
         // Runs on every cacheable request: try the prefixes as slices of `path` (longest
         // first) and allocate only for the one returned. `PathPattern::matches` ignores empty
         // segments, so a slice ending anywhere inside a run of '/' behaves like its normal form.
@@ -398,19 +418,23 @@ impl Invalidation {
         }
         for &end in ends.iter().rev() {
             let prefix = &path[..end];
-            if self.scope_patterns.iter().any(|p| p.matches(prefix)) {
+            if rules.scope_patterns.iter().any(|p| p.matches(prefix)) {
                 return Some(normalize(prefix));
             }
         }
-        self.scope_patterns
+        rules
+            .scope_patterns
             .iter()
             .any(|p| p.matches("/"))
             .then(|| "/".to_string())
     }
 
     /// The generations a read's key carries: own scope, every prefix's tree, the exact URL.
-    pub fn generations(&self, path: &str, path_and_query: &str, out: &mut Vec<u64>) {
-        out.push(self.own_scope(path).map_or(0, |s| self.scopes.get(&s)));
+    pub fn generations(&self, rules: &Rules, path: &str, path_and_query: &str, out: &mut Vec<u64>) {
+        out.push(
+            self.own_scope(rules, path)
+                .map_or(0, |s| self.scopes.get(&s)),
+        );
         // One tree generation per prefix, always (the key layout must not change when the
         // first purge happens); the lookups are skipped while no purge ever happened.
         out.push(self.trees.get("/"));
@@ -450,6 +474,7 @@ impl Invalidation {
     /// the write path's own scope), its target URI and the given `Location`-style URIs.
     pub fn on_write(
         &self,
+        rules: &Rules,
         method: &Method,
         path: &str,
         path_and_query: &str,
@@ -457,7 +482,7 @@ impl Invalidation {
         locations: &[String],
     ) -> Bumped {
         let mut bumped = Bumped::default();
-        let rule = self.rules.iter().find_map(|r| {
+        let rule = rules.rules.iter().find_map(|r| {
             if r.method.as_ref().is_some_and(|m| m != method) {
                 return None;
             }
@@ -482,7 +507,7 @@ impl Invalidation {
                 }
             }
             None => {
-                if let Some(s) = self.own_scope(path) {
+                if let Some(s) = self.own_scope(rules, path) {
                     bumped.scopes.push(s);
                 }
             }
@@ -637,16 +662,54 @@ pub fn same_origin_target(value: &str, authority: &str, base_path: &str) -> Opti
 mod tests {
     use super::*;
 
-    /// The rules of the embedded default configuration: Raster's write routes.
-    fn inv() -> Invalidation {
-        let file = crate::config::parse("", "test", &[]).unwrap();
-        let settings = crate::config::validate(file).unwrap();
-        Invalidation::new(&settings.cache.invalidation).unwrap()
+    /// Generations with their rules, as the cache holds them for one request.
+    struct Inv {
+        gens: Invalidation,
+        rules: Rules,
     }
 
-    fn gens(i: &Invalidation, path: &str) -> Vec<u64> {
+    impl Inv {
+        fn new(rules: &[InvalidationRule]) -> Self {
+            Self {
+                gens: Invalidation::new(),
+                rules: Rules::new(rules),
+            }
+        }
+        fn own_scope(&self, path: &str) -> Option<String> {
+            self.gens.own_scope(&self.rules, path)
+        }
+        fn on_write(
+            &self,
+            method: &Method,
+            path: &str,
+            pq: &str,
+            body: Option<&[u8]>,
+            locations: &[String],
+        ) -> Bumped {
+            self.gens
+                .on_write(&self.rules, method, path, pq, body, locations)
+        }
+        fn bump_tree(&self, prefix: &str) {
+            self.gens.bump_tree(prefix);
+        }
+        fn on_graphql(&self, w: &GraphqlWrite<'_>) -> Bumped {
+            self.gens.on_graphql(w)
+        }
+        fn bump_url(&self, pq: &str) {
+            self.gens.bump_url(pq);
+        }
+    }
+
+    /// The rules of the embedded default configuration: Raster's write routes.
+    fn inv() -> Inv {
+        let file = crate::config::parse("", "test", &[]).unwrap();
+        let settings = crate::config::validate(file).unwrap();
+        Inv::new(&settings.cache.invalidation)
+    }
+
+    fn gens(i: &Inv, path: &str) -> Vec<u64> {
         let mut v = Vec::new();
-        i.generations(path, path, &mut v);
+        i.gens.generations(&i.rules, path, path, &mut v);
         v
     }
 
@@ -685,7 +748,7 @@ mod tests {
     fn no_rules_leave_only_the_target_uri_and_locations() {
         // `cache.invalidation = []`: no scopes at all, so nothing but the written URL and
         // its Location are invalidated (RFC 9111 §4.4).
-        let i = Invalidation::new(&[]).unwrap();
+        let i = Inv::new(&[]);
         assert_eq!(i.own_scope(BCN), None);
         let (b, list) = (gens(&i, BCN), gens(&i, LIST));
         let w = i.on_write(

@@ -68,6 +68,26 @@ pub struct FreshHit {
     pub status: CacheStatus,
 }
 
+/// The part of the cache's configuration a reload replaces (route rules and TTLs, what may be
+/// stored, client revalidation, invalidation rules). The gateway reads it once per request and
+/// hands it to the steps that decide; the store, the lock and the generations stay.
+/// `settings` also holds the keys that cannot change live, equal to the boot values (a reload
+/// that changes one is refused).
+#[derive(Debug, Clone)]
+pub struct CacheLive {
+    pub settings: CacheSettings,
+    pub rules: invalidation::Rules,
+}
+
+impl CacheLive {
+    pub fn new(settings: &CacheSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+            rules: invalidation::Rules::new(&settings.invalidation),
+        }
+    }
+}
+
 pub struct Cache {
     settings: CacheSettings,
     authority: String,
@@ -109,7 +129,7 @@ impl Cache {
             storage,
             lock,
             predictor,
-            invalidation: Invalidation::new(&settings.invalidation)?,
+            invalidation: Invalidation::new(),
             fleet: None,
             fleet_state: None,
             compression: Compression::new(compression),
@@ -163,6 +183,7 @@ impl Cache {
         admitted: Admitted,
         route: Option<usize>,
         pinned_version: Option<&str>,
+        live: &CacheLive,
     ) -> CacheCtx {
         if !self.settings.enabled {
             return CacheCtx::Bypass(BypassReason::Disabled);
@@ -170,7 +191,7 @@ impl Cache {
         if let Err(reason) = policy::request_cacheable(req) {
             return CacheCtx::Bypass(reason);
         }
-        let partition = match (self.settings.share, admitted.principal) {
+        let partition = match (live.settings.share, admitted.principal) {
             (Share::Shared, _) => Partition::Shared,
             (Share::PerKey, Principal::Key(id)) => Partition::Key(id),
             (Share::PerKey, Principal::Anonymous) => Partition::Anonymous,
@@ -182,13 +203,14 @@ impl Cache {
         let path = req.uri.path();
         let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
         // Request directives only when the operator lets clients steer the cache.
-        let client = if self.settings.honor_client_no_cache {
+        let client = if live.settings.honor_client_no_cache {
             directives::RequestDirectives::of(req)
         } else {
             directives::RequestDirectives::default()
         };
         let mut generations = Vec::with_capacity(8);
-        self.invalidation.generations(path, pq, &mut generations);
+        self.invalidation
+            .generations(&live.rules, path, pq, &mut generations);
         CacheCtx::Prepared(Prepared {
             key: key::primary(&key::KeyParts {
                 authority: &self.authority,
@@ -401,6 +423,7 @@ impl Cache {
         session: &Session,
         resp: &ResponseHeader,
         ctx: &mut CacheCtx,
+        live: &CacheLive,
     ) -> pingora::Result<RespCacheable> {
         let req = session.req_header();
         let Some(p) = ctx.prepared_mut() else {
@@ -416,7 +439,7 @@ impl Cache {
             // header (RFC 9111 §4.3.5; a 304 to a HEAD revalidation does, above).
             None if req.method == http::Method::HEAD => {
                 if resp.status == http::StatusCode::OK {
-                    self.head_updates_stored_get(session, resp, p)?;
+                    self.head_updates_stored_get(session, resp, p, live)?;
                 }
                 return Ok(self.refuse(p, NoStoreReason::Head));
             }
@@ -427,9 +450,9 @@ impl Cache {
             // refresh of an existing entry included).
             return Ok(self.refuse(p, NoStoreReason::RequestNoStore));
         }
-        let route = p.route.and_then(|i| self.settings.routes.get(i));
+        let route = p.route.and_then(|i| live.settings.routes.get(i));
         let now = SystemTime::now();
-        match policy::decide(&self.settings, route, req, resp, now) {
+        match policy::decide(&live.settings, route, req, resp, now) {
             Ok(f) => {
                 p.store = Some(StoreDecision::Store);
                 Ok(RespCacheable::Cacheable(self.meta_for(&f, resp, p, now)?))
@@ -496,6 +519,7 @@ impl Cache {
         session: &Session,
         head: &ResponseHeader,
         p: &Prepared,
+        live: &CacheLive,
     ) -> pingora::Result<()> {
         let Some(stored) = session.cache.maybe_cache_meta() else {
             return Ok(());
@@ -508,13 +532,13 @@ impl Cache {
             return Ok(());
         }
         let updated = merge_not_modified(stored_header, head)?;
-        let route = p.route.and_then(|i| self.settings.routes.get(i));
+        let route = p.route.and_then(|i| live.settings.routes.get(i));
         let get = {
             let mut r = session.req_header().clone();
             r.set_method(http::Method::GET);
             r
         };
-        match policy::decide(&self.settings, route, &get, &updated, now) {
+        match policy::decide(&live.settings, route, &get, &updated, now) {
             Ok(f) => {
                 let mut meta = self.meta_for(&f, &updated, p, now)?;
                 if let Some(v) = stored.variance() {
@@ -685,7 +709,13 @@ impl Cache {
 
     /// Step 5, with the response header of a write before it goes downstream: a successful
     /// write invalidates the scopes it touched. `body` is the inspected request body, if any.
-    pub fn after_write(&self, req: &RequestHeader, resp: &ResponseHeader, body: Option<&[u8]>) {
+    pub fn after_write(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        body: Option<&[u8]>,
+        live: &CacheLive,
+    ) {
         if !self.settings.enabled || !(200..400).contains(&resp.status.as_u16()) {
             return;
         }
@@ -697,9 +727,9 @@ impl Cache {
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| invalidation::same_origin_target(v, &self.authority, path))
             .collect();
-        let bumped = self
-            .invalidation
-            .on_write(&req.method, path, pq, body, &locations);
+        let bumped =
+            self.invalidation
+                .on_write(&live.rules, &req.method, path, pq, body, &locations);
         tracing::debug!(?bumped, "write invalidated");
         self.publish_bumped(bumped);
     }

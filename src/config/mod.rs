@@ -5,6 +5,7 @@
 //! validated settings the proxy runs on and their per-section conversions in [`settings`]; this
 //! module layers the sources, reporting every problem by the key's name.
 
+pub mod effective;
 pub mod file;
 pub mod settings;
 pub mod units;
@@ -53,30 +54,7 @@ pub struct Overrides {
 /// Loads the file (or the embedded default), applies the environment and the CLI overrides,
 /// and validates the result.
 pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let (text, origin) = match path {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.to_path_buf(),
-                source,
-            })?,
-            p.display().to_string(),
-        ),
-        None => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string()),
-    };
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    let mut file = parse(&text, &origin, &env)?;
-    if let Some(v) = &overrides.listen {
-        file.listen.proxy = v.clone();
-    }
-    if let Some(v) = &overrides.admin_listen {
-        file.listen.admin = v.clone();
-    }
-    if let Some(v) = &overrides.upstream {
-        file.upstream.url = v.clone();
-    }
-    validate(file)
+    effective::load(path, overrides).map(|e| e.settings)
 }
 
 /// Parses TOML text into the file format, layered over the embedded default (a file only says
@@ -87,6 +65,16 @@ pub fn parse(
     origin: &str,
     env: &[(String, String)],
 ) -> Result<FileConfig, ConfigError> {
+    from_table(layered(text, origin, env)?, origin)
+}
+
+/// The layered table [`parse`] reads: the embedded default, `text` merged over it, then `env`.
+/// Its keys are the effective configuration's (`print-config`, reload comparisons).
+pub fn layered(
+    text: &str,
+    origin: &str,
+    env: &[(String, String)],
+) -> Result<toml::Table, ConfigError> {
     let syntax = |origin: &str, e: toml::de::Error| ConfigError::Syntax {
         origin: origin.to_string(),
         message: e.to_string(),
@@ -98,6 +86,11 @@ pub fn parse(
     let mut value = defaults.clone();
     merge(&mut value, file);
     apply_env(&mut value, &defaults, env)?;
+    Ok(value)
+}
+
+/// The file format of a layered table, rejecting unknown keys by their full dotted name.
+pub fn from_table(value: toml::Table, origin: &str) -> Result<FileConfig, ConfigError> {
     let mut unknown = Vec::new();
     let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
     let de = serde_ignored::Deserializer::new(toml::Value::Table(value), &mut note_unknown);
@@ -150,7 +143,12 @@ const OPTIONAL_KEYS: &[&str] = &[
 ];
 
 /// Environment variables that are ours but are not config keys.
-const ENV_NOT_KEYS: &[&str] = &["RASTER_EDGE_RUNTIME_DIR", "RASTER_EDGE_LOG"];
+const ENV_NOT_KEYS: &[&str] = &[
+    "RASTER_EDGE_RUNTIME_DIR",
+    "RASTER_EDGE_LOG",
+    // Read by build.rs (the commit of a build outside a git checkout), never at run time.
+    "RASTER_EDGE_COMMIT",
+];
 
 fn env_name(section: &str, key: &str) -> String {
     format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase()
@@ -497,9 +495,10 @@ mod tests {
         assert!(!load_str("").unwrap().cache.invalidation.is_empty());
         let s = load_str("[cache]\ninvalidation = []\n").unwrap();
         assert!(s.cache.invalidation.is_empty());
-        let inv = crate::cache::invalidation::Invalidation::new(&s.cache.invalidation).unwrap();
+        let inv = crate::cache::invalidation::Invalidation::new();
+        let rules = crate::cache::invalidation::Rules::new(&s.cache.invalidation);
         let path = "/organizations/o/libraries/barcelona/assets";
-        let w = inv.on_write(&Method::POST, path, path, None, &[]);
+        let w = inv.on_write(&rules, &Method::POST, path, path, None, &[]);
         assert!(w.scopes.is_empty() && w.trees.is_empty(), "{w:?}");
         assert_eq!(w.urls, vec![path]);
     }

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
 use crate::config::{Backend, Mode, OnError, RateLimitSettings, RedisSettings};
@@ -119,9 +120,24 @@ struct FallbackCounters {
     deny: IntCounter,
 }
 
-pub struct RateLimiter {
+/// The quotas a config reload replaces: rate, burst, mode and tiers. The tracked state (the
+/// in-process TATs, Redis) stays, so a key keeps what it used under its new quota.
+pub struct Limits {
     settings: RateLimitSettings,
     tiers: Tiers,
+}
+
+impl Limits {
+    pub fn new(settings: &RateLimitSettings) -> Result<Self, RateLimitError> {
+        Ok(Self {
+            tiers: Tiers::new(settings)?,
+            settings: settings.clone(),
+        })
+    }
+}
+
+pub struct RateLimiter {
+    limits: ArcSwap<Limits>,
     local: LocalStore,
     redis: Option<RedisBackend>,
     on_error: OnError,
@@ -147,7 +163,7 @@ impl RateLimiter {
         redis: &RedisSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RateLimitError> {
-        let tiers = Tiers::new(settings)?;
+        let limits = Limits::new(settings)?;
         let backend = match settings.backend {
             Backend::Redis if settings.enabled => Some(RedisBackend::new(redis)?),
             _ => None,
@@ -155,8 +171,7 @@ impl RateLimiter {
         let counter = |p: &str| METRICS.ratelimit_fallbacks.with_label_values(&[p]);
         Ok(RateLimiter {
             local: LocalStore::new(settings.max_keys, clock),
-            settings: settings.clone(),
-            tiers,
+            limits: ArcSwap::from_pointee(limits),
             redis: backend,
             on_error: redis.on_error,
             fallback_active: AtomicBool::new(false),
@@ -168,8 +183,9 @@ impl RateLimiter {
         })
     }
 
-    pub fn settings(&self) -> &RateLimitSettings {
-        &self.settings
+    /// Swaps in new quotas (a config reload), for the decisions after this one.
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.store(Arc::new(limits));
     }
 
     /// True from a Redis failure until the next Redis success (this limiter's own view of
@@ -194,15 +210,16 @@ impl RateLimiter {
         let Some(redis) = &self.redis else {
             return self.check_local(subject);
         };
-        let tier = self.tiers.select(&subject);
+        let limits = self.limits.load_full();
+        let tier = limits.tiers.select(&subject);
         match redis.check(&subject, &tier.quota_us).await {
             Ok(outcome) => {
                 self.set_fallback(false);
-                self.decide(tier, &tier.quota_us, outcome)
+                self.decide(&limits, tier, &tier.quota_us, outcome)
             }
             Err(_) => {
                 self.set_fallback(true);
-                self.fallback(&subject, tier)
+                self.fallback(&limits, &subject, tier)
             }
         }
     }
@@ -210,20 +227,21 @@ impl RateLimiter {
     /// One decision by the in-process limiter only (what `check` does with `backend = "local"`;
     /// synchronous, no allocation).
     pub fn check_local(&self, subject: Subject) -> Decision {
-        if !self.settings.enabled {
-            return self.unlimited();
+        let limits = self.limits.load();
+        if !limits.settings.enabled {
+            return Self::unlimited(&limits);
         }
-        let tier = self.tiers.select(&subject);
+        let tier = limits.tiers.select(&subject);
         let outcome = self.local.check(&subject, tier);
-        self.decide(tier, &tier.quota, outcome)
+        self.decide(&limits, tier, &tier.quota, outcome)
     }
 
-    fn fallback(&self, subject: &Subject, tier: &Arc<TierPolicy>) -> Decision {
+    fn fallback(&self, limits: &Limits, subject: &Subject, tier: &Arc<TierPolicy>) -> Decision {
         match self.on_error {
             OnError::Local => {
                 self.fallbacks.local.inc();
                 let outcome = self.local.check(subject, tier);
-                self.decide(tier, &tier.quota, outcome)
+                self.decide(limits, tier, &tier.quota, outcome)
             }
             OnError::Allow => {
                 self.fallbacks.allow.inc();
@@ -234,7 +252,7 @@ impl RateLimiter {
                     reset: 0,
                     retry_after: 0,
                 };
-                self.decide(tier, q, outcome)
+                self.decide(limits, tier, q, outcome)
             }
             OnError::Deny => {
                 self.fallbacks.deny.inc();
@@ -247,7 +265,7 @@ impl RateLimiter {
                     reset: wait.max(q.tolerance),
                     retry_after: wait,
                 };
-                self.decide(tier, q, outcome)
+                self.decide(limits, tier, q, outcome)
             }
         }
     }
@@ -267,8 +285,8 @@ impl RateLimiter {
 
     /// Turns an outcome into a decision: applies the mode and counts it.
     #[inline]
-    fn decide(&self, tier: &Arc<TierPolicy>, q: &Quota, o: Outcome) -> Decision {
-        let shadow = self.settings.mode == Mode::Shadow;
+    fn decide(&self, limits: &Limits, tier: &Arc<TierPolicy>, q: &Quota, o: Outcome) -> Decision {
+        let shadow = limits.settings.mode == Mode::Shadow;
         let allowed = o.allowed || shadow;
         if o.allowed {
             tier.allowed.inc();
@@ -289,11 +307,11 @@ impl RateLimiter {
         }
     }
 
-    fn unlimited(&self) -> Decision {
+    fn unlimited(limits: &Limits) -> Decision {
         Decision {
             allowed: true,
             limited: false,
-            tier: self.tiers.default_tier().name.clone(),
+            tier: limits.tiers.default_tier().name.clone(),
             quota: 0,
             window: Duration::ZERO,
             remaining: 0,

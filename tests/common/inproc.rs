@@ -31,6 +31,11 @@ impl ShutdownSignalWatch for StopSignal {
 pub struct InProcess {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The `--config` file of [`InProcess::start_reloadable`]: rewrite it, then [`reload`].
+    ///
+    /// [`reload`]: InProcess::reload
+    pub config: std::path::PathBuf,
+    reloader: Arc<raster_edge::reload::Reloader>,
     cache: &'static Cache,
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -58,7 +63,57 @@ impl InProcess {
         // Held until just before the server is built and binds them.
         let (addr, admin) = (proxy.release(), admin.release());
         let instance = raster_edge::server::build(settings).expect("gateway builds");
+        Self::run(
+            instance,
+            transport,
+            addr,
+            admin,
+            dir,
+            std::path::PathBuf::new(),
+        )
+    }
+
+    /// Like [`InProcess::start`], with `toml` in a file given as `--config` would be, so the
+    /// test can rewrite it and reload.
+    pub fn start_reloadable(upstream: &str, toml: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raster-edge.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let (proxy, admin) = (reserve(), reserve());
+        let overrides = config::Overrides {
+            listen: Some(proxy.addr().to_string()),
+            admin_listen: Some(admin.addr().to_string()),
+            upstream: Some(upstream.to_string()),
+        };
+        let mut effective =
+            config::effective::load(Some(&path), &overrides).expect("test config is valid");
+        // Only at start: the runtime dir is not part of what a reload compares.
+        effective.settings.server.runtime_dir = dir.path().to_path_buf();
+        let (addr, admin) = (proxy.release(), admin.release());
+        let boot = raster_edge::server::Boot {
+            config_path: Some(path.clone()),
+            overrides,
+            upgrade: false,
+        };
+        let instance = raster_edge::server::build_with(effective, boot).expect("gateway builds");
+        Self::run(instance, Transport::Http1, addr, admin, dir, path)
+    }
+
+    /// Reloads the config file, as SIGHUP would.
+    pub fn reload(&self) -> raster_edge::reload::Report {
+        self.reloader.reload(raster_edge::reload::Trigger::Sighup)
+    }
+
+    fn run(
+        instance: raster_edge::server::Instance,
+        transport: Transport,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: tempfile::TempDir,
+        config: std::path::PathBuf,
+    ) -> InProcess {
         let cache = instance.cache();
+        let reloader = instance.reloader().clone();
         let stop = Arc::new(tokio::sync::Notify::new());
         let signal = StopSignal(stop.clone());
         let thread = std::thread::Builder::new()
@@ -72,6 +127,8 @@ impl InProcess {
         InProcess {
             addr,
             admin,
+            config,
+            reloader,
             cache,
             stop,
             thread: Some(thread),

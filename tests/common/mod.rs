@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod inproc;
+pub mod keepalive;
 pub mod transport;
 
 use transport::Transport;
