@@ -65,6 +65,28 @@ enum Command {
     Warm(warm::Args),
 }
 
+/// Crates whose log lines may carry request headers below `info`.
+const PINGORA_TARGETS: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_cache",
+    "pingora_http",
+    "pingora_pool",
+];
+
+/// Pingora's debug and trace lines print whole request headers, `Authorization` included
+/// (pingora-proxy's "Sending header to upstream"), so they stay off whatever the level, at
+/// start and after a reload: API keys are never logged (docs/SECURITY.md, tests/secrets.rs).
+fn capped(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    PINGORA_TARGETS
+        .iter()
+        .fold(filter, |f, target| match format!("{target}=info").parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        })
+}
+
 fn init_logging(settings: &Settings) {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{reload, EnvFilter};
@@ -75,6 +97,7 @@ fn init_logging(settings: &Settings) {
     let filter = from_env
         .or_else(|| EnvFilter::try_new(&settings.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = capped(filter);
     // The filter sits behind a reload handle: a config reload sets `log.level` live.
     let (filter, handle) = reload::Layer::new(filter);
     use std::io::IsTerminal;
@@ -101,7 +124,7 @@ fn init_logging(settings: &Settings) {
             // RASTER_EDGE_LOG wins over the file, at start and on reload alike.
             return Ok(());
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = capped(EnvFilter::try_new(level).map_err(|e| e.to_string())?);
         handle.reload(filter).map_err(|e| e.to_string())
     }));
 }

@@ -600,3 +600,50 @@ async fn test_unix_socket_listener_with_its_file_mode() {
     }
     drop(proc);
 }
+
+/// The configuration reload reads the certificate files again: with the file watcher off,
+/// renewed files are served after SIGHUP (and not before), and the reload is counted.
+#[tokio::test]
+async fn test_sighup_reloads_certificates_without_the_watcher() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (cert, key) = pki.issue("sighup", &[TLS_HOST], Validity::Current);
+    let toml = format!("{NO_CACHE}{}watch = false\n", tls_toml(&cert, &key));
+    let edge = Edge::start(&mock.url(), &toml);
+    let first = leaf_der(&cert);
+    assert_eq!(
+        served_cert(&pki, TLS_HOST, edge.addr, true).await.unwrap(),
+        first
+    );
+
+    let (new_cert, new_key) = pki.issue_pem(&[TLS_HOST], Validity::Current);
+    replace_file(&key, &new_key);
+    replace_file(&cert, &new_cert);
+    let second = leaf_der(&cert);
+    assert_ne!(first, second);
+    // No watcher: the old certificate stays until the reload.
+    assert_eq!(
+        served_cert(&pki, TLS_HOST, edge.addr, true).await.unwrap(),
+        first
+    );
+
+    edge.proc.signal(1); // SIGHUP
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_cert(&pki, TLS_HOST, edge.addr, true).await.unwrap() != second {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP never brought the new certificate: {}",
+            edge.proc.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        edge.metric(
+            metrics::CONFIG_RELOAD_TOTAL,
+            &[("result", metrics::ReloadResult::Ok.as_str())]
+        )
+        .await,
+        1.0
+    );
+}
