@@ -7,7 +7,8 @@ shift
 case " $* " in
   *" --crate-name raster_edge "* | *" --crate-name raster_edge_fuzz "* | \
   *" --crate-name config "* | *" --crate-name policy "* | *" --crate-name routes "* | \
-  *" --crate-name path_key "* | *" --crate-name write_body "* | *" --crate-name edge_head "*)
+  *" --crate-name path_key "* | *" --crate-name write_body "* | *" --crate-name edge_head "* | \
+  *" --crate-name hit_head "*)
     exec "$rustc" "$@" --cfg fuzzing -Cpasses=sancov-module \
       -Cllvm-args=-sanitizer-coverage-level=4 \
       -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \

@@ -2,6 +2,7 @@
 //! or JSON per `log.format`) and the request metrics. The key appears only as the short key id
 //! prefix; the path is logged without its query string, which can carry search terms.
 
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Error;
 
@@ -11,15 +12,27 @@ use crate::routes::path_only;
 use crate::stats::STATS;
 
 pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: bool) {
-    let req = session.req_header();
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
         .or_else(|| ctx.error.map(|g| g.status()))
         .unwrap_or(0);
+    record_request(Some(session.req_header()), status, e, ctx, log_line);
+}
+
+/// The same line and metrics for a request answered outside a Pingora session (the hit path
+/// below the proxy, [`crate::hitpath`]). `status` is what was sent (0: nothing); `req` is `None`
+/// for a head that never arrived whole (logged as method `other`, path `-`).
+pub fn record_request(
+    req: Option<&RequestHeader>,
+    status: u16,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+    log_line: bool,
+) {
     let cache = ctx.cache_status.as_str();
     let elapsed = ctx.start.elapsed();
-    let method = method_label(&req.method);
+    let method = req.map_or("other", |r| method_label(&r.method));
 
     METRICS
         .requests
@@ -47,7 +60,7 @@ pub fn record(session: &Session, e: Option<&Error>, ctx: &RequestCtx, log_line: 
     tracing::info!(
         target: "raster_edge::access",
         method,
-        path = path_only(req.uri.path()),
+        path = req.map_or("-", |r| path_only(r.uri.path())),
         route = ctx.route,
         status,
         cache,

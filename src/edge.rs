@@ -22,6 +22,7 @@ use hmac::{Hmac, Mac};
 use http::Method;
 use pingora::http::RequestHeader;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::config::{EdgeSettings, ServerSettings};
 use crate::errors::GatewayError;
@@ -76,6 +77,26 @@ impl KeyIdHasher {
         let mut id = [0u8; 16];
         id.copy_from_slice(&out[..16]);
         KeyId(id)
+    }
+}
+
+/// The last API key seen on one connection and its id (see [`Edge::check_memo`]). The key is
+/// held only as long as the connection that sent it, and compared in constant time.
+#[derive(Default)]
+pub struct KeyIdMemo {
+    last: Option<(Box<[u8]>, KeyId)>,
+}
+
+impl KeyIdMemo {
+    fn key_id(&mut self, hasher: &KeyIdHasher, token: &str) -> KeyId {
+        if let Some((key, id)) = &self.last {
+            if key.len() == token.len() && bool::from(key.ct_eq(token.as_bytes())) {
+                return *id;
+            }
+        }
+        let id = hasher.key_id(token);
+        self.last = Some((token.as_bytes().into(), id));
+        id
     }
 }
 
@@ -314,6 +335,25 @@ impl Edge {
     /// Runs the checks in order: reserved path, single credentials / version / host, credentials,
     /// version.
     pub fn check(&self, req: &RequestHeader) -> Result<Admitted, GatewayError> {
+        self.check_with(req, |token| self.hasher.key_id(token))
+    }
+
+    /// [`Self::check`], remembering the last key id in `memo`: a keep-alive connection almost
+    /// always repeats one key, and its id is then not recomputed (one HMAC-SHA256 per request
+    /// otherwise). The memo lives with one connection and dies with it.
+    pub fn check_memo(
+        &self,
+        req: &RequestHeader,
+        memo: &mut KeyIdMemo,
+    ) -> Result<Admitted, GatewayError> {
+        self.check_with(req, |token| memo.key_id(&self.hasher, token))
+    }
+
+    fn check_with(
+        &self,
+        req: &RequestHeader,
+        key_id: impl FnOnce(&str) -> KeyId,
+    ) -> Result<Admitted, GatewayError> {
         let path = path_only(req.uri.path());
         if is_reserved_path(path) {
             return Err(GatewayError::EndpointNotFound);
@@ -326,7 +366,7 @@ impl Edge {
         let auth = req.headers.get(http::header::AUTHORIZATION);
         let (principal, inject_key) = match auth {
             Some(v) => match bearer_token(v.as_bytes()) {
-                Some(token) => (Principal::Key(self.hasher.key_id(token)), false),
+                Some(token) => (Principal::Key(key_id(token)), false),
                 // A malformed header is refused even on anonymous routes: the client meant to
                 // authenticate and would otherwise be surprised by what it gets.
                 None if self.settings.require_auth => return Err(GatewayError::Unauthenticated),

@@ -50,6 +50,10 @@ pub enum GatewayError {
     EndpointNotFound,
     #[error("internal gateway error")]
     Internal,
+    /// The request head did not arrive whole within `server.header_timeout` (a slow or stalled
+    /// client: slowloris).
+    #[error("request header not received within server.header_timeout")]
+    RequestTimeout,
 }
 
 impl GatewayError {
@@ -67,6 +71,7 @@ impl GatewayError {
             Self::MethodNotAllowed => 405,
             Self::EndpointNotFound => 404,
             Self::Internal => 500,
+            Self::RequestTimeout => 408,
         }
     }
 
@@ -86,6 +91,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::EndpointNotFound => "ENDPOINT_NOT_FOUND",
             Self::Internal => "INTERNAL_SERVER_ERROR",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 
@@ -99,6 +105,7 @@ impl GatewayError {
                 | Self::UriTooLong
                 | Self::DuplicateHeader(_)
                 | Self::Malformed(_)
+                | Self::RequestTimeout
         )
     }
 

@@ -34,12 +34,45 @@ use crate::upstream::{self, Upstream};
 
 pub struct Gateway {
     settings: Arc<Settings>,
-    edge: Edge,
-    limiter: Option<RateLimiter>,
+    edge: Arc<Edge>,
+    limiter: Option<Arc<RateLimiter>>,
     cache: &'static Cache,
     upstream: Arc<Upstream>,
-    routes: RouteNames,
+    routes: Arc<RouteNames>,
     in_flight: InFlight,
+}
+
+/// What the hit path below pingora-proxy ([`crate::hitpath`]) shares with the gateway: the same
+/// edge, limiter (one quota), cache, route table and in-flight count, so a hit answered there
+/// passes exactly the checks and counts it would pass here.
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub edge: Arc<Edge>,
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub cache: &'static Cache,
+    pub routes: Arc<RouteNames>,
+    pub in_flight: InFlight,
+}
+
+impl Shared {
+    /// Whether the rate limiter counts requests of this kind.
+    pub fn counts(&self, count: Count) -> bool {
+        self.limiter.is_some()
+            && self.settings.rate_limit.enabled
+            && self.settings.rate_limit.count == count
+    }
+}
+
+/// Whom a request is counted against: its key, or the client address when it has none.
+pub fn rate_subject(
+    principal: Option<Principal>,
+    client: Option<std::net::IpAddr>,
+) -> Option<Subject> {
+    match principal {
+        Some(Principal::Key(id)) => Some(Subject::Key(id)),
+        _ => client.map(Subject::Ip),
+    }
 }
 
 impl Gateway {
@@ -58,13 +91,25 @@ impl Gateway {
                 .map(|r| (&r.pattern, r.name.as_str())),
         );
         Self {
-            edge: Edge::new(settings.edge.clone()),
+            edge: Arc::new(Edge::new(settings.edge.clone())),
             settings,
-            limiter,
+            limiter: limiter.map(Arc::new),
             cache,
             upstream,
-            routes,
+            routes: Arc::new(routes),
             in_flight,
+        }
+    }
+
+    /// The parts the hit path below the proxy serves with ([`Shared`]).
+    pub fn shared(&self) -> Shared {
+        Shared {
+            settings: self.settings.clone(),
+            edge: self.edge.clone(),
+            limiter: self.limiter.clone(),
+            cache: self.cache,
+            routes: self.routes.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 
@@ -96,12 +141,12 @@ impl Gateway {
         if ctx.subrequest {
             return Ok(false);
         }
-        let subject = match ctx.principal() {
-            Some(Principal::Key(id)) => Subject::Key(id),
-            _ => match session.client_addr().and_then(|a| a.as_inet()) {
-                Some(addr) => Subject::Ip(addr.ip()),
-                None => return Ok(false),
-            },
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let Some(subject) = rate_subject(ctx.principal(), client) else {
+            return Ok(false);
         };
         let decision = limiter.check(subject).await;
         let allowed = decision.allowed;
@@ -219,8 +264,8 @@ impl ProxyHttp for Gateway {
             .fresh_hit(session.req_header(), &ctx.cache, ctx.route)?
         {
             Some(hit) => {
-                ctx.cache_status = hit.status;
-                response::send(session, ctx, hit.header, hit.body).await?;
+                let (header, body) = response::fresh_hit(hit, ctx)?;
+                response::write(session, header, body).await?;
                 Ok(true)
             }
             None => Ok(false),

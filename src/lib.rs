@@ -21,6 +21,7 @@ pub mod ctx;
 pub mod edge;
 pub mod errors;
 pub mod gateway;
+pub mod hitpath;
 pub mod metrics;
 pub mod ratelimit;
 pub mod response;

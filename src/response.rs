@@ -6,6 +6,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use crate::cache::FreshHit;
 use crate::ctx::RequestCtx;
 
 /// Adds the gateway's own headers to `resp` (today: the rate-limit headers of a counted request).
@@ -28,6 +29,20 @@ pub fn close_when_draining(session: &mut Session) {
     }
 }
 
+/// The whole response for a fresh hit, decorated, with its cache status recorded in `ctx`: the
+/// one function that makes a hit response. The proxy's `request_filter` writes it through
+/// Pingora's session ([`write`]); the hit path below the proxy ([`crate::hitpath`]) serialises
+/// it itself. Whatever changes a hit (a header, an encoding) belongs here, so both get it.
+pub fn fresh_hit(
+    hit: FreshHit,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<(ResponseHeader, Option<Bytes>)> {
+    ctx.cache_status = hit.status;
+    let mut header = hit.header;
+    decorate(&mut header, ctx)?;
+    Ok((header, hit.body))
+}
+
 /// Decorates and writes a whole response the gateway made itself. `body` is `None` for a
 /// header-only response; HEAD requests never get one.
 pub async fn send(
@@ -37,6 +52,15 @@ pub async fn send(
     body: Option<Bytes>,
 ) -> pingora::Result<()> {
     decorate(&mut header, ctx)?;
+    write(session, header, body).await
+}
+
+/// Writes a response that is already decorated.
+pub async fn write(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Option<Bytes>,
+) -> pingora::Result<()> {
     close_when_draining(session);
     let body = body.filter(|_| session.req_header().method != http::Method::HEAD);
     session

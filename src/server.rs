@@ -159,6 +159,7 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
             .as_ref()
             .map(|p| p.display().to_string()),
         upstream_keepalive_pool_size: 256,
+        work_stealing: settings.server.work_stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -198,12 +199,11 @@ pub fn build(settings: Settings) -> anyhow::Result<Instance> {
         in_flight.clone(),
     );
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "raster-edge proxy",
-    );
-    proxy.add_tcp(&settings.listen.proxy.to_string());
+    // The proxy service: the hit path's connection loop in front of pingora-proxy.
+    let mut proxy = crate::hitpath::service(&server.configuration, gateway, "raster-edge proxy");
+    proxy.add_listener(crate::hitpath::tcp_listener(
+        &settings.listen.proxy.to_string(),
+    ));
 
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_service = Service::new(

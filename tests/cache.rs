@@ -938,11 +938,22 @@ async fn test_cache_aborted_upstream_body_not_stored() {
 #[tokio::test]
 async fn test_cache_fast_path_and_state_machine_answer_identically() {
     let mock = Mock::start();
-    let fast = Edge::start(&mock.url(), &config("fast_path = true", ROUTES));
+    // Three readers of one kind of store: the hit path below the proxy (the default), the fast
+    // path in `request_filter` (hit path off), pingora-cache's state machine (both off).
+    // tests/hitpath.rs compares the first two byte for byte, in order.
+    let below = Edge::start(&mock.url(), &config("fast_path = true", ROUTES));
+    let fast = Edge::start(
+        &mock.url(),
+        &format!(
+            "[server]\nhit_path = false\n{}",
+            config("fast_path = true", ROUTES)
+        ),
+    );
     let slow = Edge::start(&mock.url(), &config("fast_path = false", ROUTES));
     let path = format!("{BCN}/assets?pageSize=3");
     let etag = get(&fast, &path, "demo-read").await.h("etag").to_string();
     get(&slow, &path, "demo-read").await;
+    get(&below, &path, "demo-read").await;
     let variants: Vec<(reqwest::Method, Vec<(&'static str, String)>)> = vec![
         (reqwest::Method::GET, vec![]),
         (reqwest::Method::HEAD, vec![]),
@@ -958,6 +969,7 @@ async fn test_cache_fast_path_and_state_machine_answer_identically() {
         };
         let a = send(mk(&fast)).await;
         let b = send(mk(&slow)).await;
+        let c = send(mk(&below)).await;
         assert_eq!(a.status, b.status, "{method} {extra:?}");
         assert_eq!(a.body, b.body);
         assert_eq!(a.x_cache(), "HIT");
@@ -979,6 +991,13 @@ async fn test_cache_fast_path_and_state_machine_answer_identically() {
             v
         };
         assert_eq!(strip(&a.headers), strip(&b.headers), "{method} {extra:?}");
+        assert_eq!(
+            (c.status, &c.body),
+            (a.status, &a.body),
+            "{method} {extra:?}"
+        );
+        assert_eq!(c.x_cache(), "HIT");
+        assert_eq!(strip(&c.headers), strip(&a.headers), "{method} {extra:?}");
     }
 }
 

@@ -12,8 +12,9 @@ import sys
 from html import escape
 from pathlib import Path
 
-COLORS = {"raster-edge": "#e4572e", "nginx": "#29335c", "varnish": "#669bbc", "direct": "#a0a0a0"}
-ORDER = ["raster-edge", "nginx", "varnish", "direct"]
+COLORS = {"raster-edge": "#e4572e", "raster-edge+ratelimit": "#f0a07a", "raster-edge+accesslog": "#f3c4a6",
+          "nginx": "#29335c", "varnish": "#669bbc", "direct": "#a0a0a0"}
+ORDER = ["raster-edge", "raster-edge+ratelimit", "raster-edge+accesslog", "nginx", "varnish", "direct"]
 
 
 def _nice_max(v: float) -> float:
@@ -81,7 +82,7 @@ def write_svg(summary: dict, path: Path, title: str = "raster-edge load benchmar
         if any(name in g for _, g in rps):
             svg.append(f'<rect x="{lx}" y="36" width="12" height="12" fill="{COLORS[name]}"/>')
             svg.append(f'<text x="{lx + 16}" y="46" font-size="12">{escape(name)}</text>')
-            lx += 120
+            lx += 30 + 7 * len(name)
     svg += _panel(80, 90, width - 110, ph, "Throughput (median req/s, higher is better)", rps, "req/s")
     svg += _panel(80, 90 + ph + 70, width - 110, ph, "p99 latency (median, lower is better)", p99, "us")
     svg.append("</svg>")

@@ -17,8 +17,12 @@ use pingora::protocols::http::conditional_filter::{not_modified_filter, to_304};
 use super::entry::Entry;
 use super::{key, Cache, FreshHit, Outcome, Prepared};
 
-/// The stored entry this request would be served, if it is fresh.
-fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<Entry>> {
+/// The stored entry this request would be served, if it is fresh. Records nothing (no metric,
+/// no recency beyond the store's own read), so a caller may look before it commits.
+pub fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<Entry>> {
+    if p.force_revalidate {
+        return None;
+    }
     let primary_bin = hash_key(&p.key);
     let entry = cache.storage.get(&primary_bin)?;
     let entry = match entry.variance {
@@ -44,18 +48,15 @@ fn fresh_entry(cache: &Cache, req: &RequestHeader, p: &Prepared) -> Option<Arc<E
     entry.is_fresh(SystemTime::now()).then_some(entry)
 }
 
-pub fn fresh_hit(
+/// The one builder of a fresh-hit response from a stored entry: the stored header, `Age`,
+/// `X-Cache`, `Cache-Status`, a 304 for a matching validator, no body for HEAD; records the
+/// lookup. Both hit paths (the proxy's `request_filter` and [`crate::hitpath`]) call it.
+pub fn hit(
     cache: &Cache,
     req: &RequestHeader,
-    p: &Prepared,
+    entry: &Entry,
     route_label: &'static str,
-) -> pingora::Result<Option<FreshHit>> {
-    if p.force_revalidate {
-        return Ok(None);
-    }
-    let Some(entry) = fresh_entry(cache, req, p) else {
-        return Ok(None);
-    };
+) -> pingora::Result<FreshHit> {
     let now = SystemTime::now();
     let mut header = entry.header.clone();
     header.set_version(http::Version::HTTP_11);
@@ -69,9 +70,21 @@ pub fn fresh_hit(
         collapsed: false,
     };
     let status = cache.finish_headers(&mut header, &outcome, Some(entry.age(now)), route_label)?;
-    Ok(Some(FreshHit {
+    Ok(FreshHit {
         header,
         body: (!header_only).then(|| entry.body.clone()),
         status,
-    }))
+    })
+}
+
+pub fn fresh_hit(
+    cache: &Cache,
+    req: &RequestHeader,
+    p: &Prepared,
+    route_label: &'static str,
+) -> pingora::Result<Option<FreshHit>> {
+    match fresh_entry(cache, req, p) {
+        Some(entry) => hit(cache, req, &entry, route_label).map(Some),
+        None => Ok(None),
+    }
 }

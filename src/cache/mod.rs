@@ -203,6 +203,29 @@ impl Cache {
         fast_path::fresh_hit(self, req, prepared, route_label)
     }
 
+    /// The fresh stored entry a prepared request would be served, found without recording
+    /// anything: the hit path below pingora-proxy looks first and answers only what it finds.
+    pub fn fresh_entry(
+        &self,
+        req: &RequestHeader,
+        ctx: &CacheCtx,
+    ) -> Option<std::sync::Arc<entry::Entry>> {
+        if !self.settings.fast_path {
+            return None;
+        }
+        fast_path::fresh_entry(self, req, ctx.prepared()?)
+    }
+
+    /// The hit response for an entry [`Self::fresh_entry`] returned (headers, lookup metric).
+    pub fn serve_fresh(
+        &self,
+        req: &RequestHeader,
+        entry: &entry::Entry,
+        route_label: &'static str,
+    ) -> pingora::Result<FreshHit> {
+        fast_path::hit(self, req, entry, route_label)
+    }
+
     pub fn request_cache_filter(
         &'static self,
         session: &mut Session,

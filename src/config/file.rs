@@ -47,6 +47,14 @@ pub struct ServerFile {
     pub max_header_count: usize,
     /// Longest request target (414 URI_TOO_LONG beyond).
     pub max_uri_length: String,
+
+    // The hit path below pingora-proxy (src/hitpath/).
+    /// Serve fresh plain hits on plain-TCP HTTP/1 connections in the gateway's own loop.
+    pub hit_path: bool,
+    /// A request head must arrive whole within this (408 REQUEST_TIMEOUT, connection closed).
+    pub header_timeout: String,
+    /// Tokio work stealing between the proxy's worker threads.
+    pub work_stealing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -43,6 +43,12 @@ pub struct ServerSettings {
     pub max_header_size: usize,
     pub max_header_count: usize,
     pub max_uri_length: usize,
+    /// Fresh plain hits on plain-TCP HTTP/1 connections answered below pingora-proxy.
+    pub hit_path: bool,
+    /// Whole-head deadline for a downstream request (slowloris bound).
+    pub header_timeout: Duration,
+    /// Tokio work stealing between worker threads (false: one current-thread runtime each).
+    pub work_stealing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -331,8 +337,22 @@ impl ServerSettings {
             max_header_size: usize_size("server.max_header_size", &f.max_header_size)?,
             max_header_count: f.max_header_count,
             max_uri_length: usize_size("server.max_uri_length", &f.max_uri_length)?,
+            hit_path: f.hit_path,
+            header_timeout: positive(
+                "server.header_timeout",
+                duration("server.header_timeout", &f.header_timeout)?,
+            )?,
+            work_stealing: f.work_stealing,
         })
     }
+}
+
+/// A duration that must not be zero (a zero deadline would refuse every request).
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be more than 0s"));
+    }
+    Ok(d)
 }
 
 impl TryFrom<file::UpstreamFile> for UpstreamSettings {
