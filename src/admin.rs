@@ -23,6 +23,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cache::{Cache, PurgeTarget};
@@ -31,6 +32,15 @@ use crate::edge::bearer_token;
 use crate::errors::envelope;
 use crate::metrics::{self, InvalidationReason, METRICS};
 use crate::upstream::Upstream;
+
+/// Whether a presented admin token is the configured one, in time independent of where they
+/// first differ and of either one's length: both are hashed (SHA-256) and the digests compared
+/// with `subtle`'s constant-time equality. Comparing the tokens themselves with `ct_eq` would
+/// still return early on a length mismatch and so tell the token's length.
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let (g, e) = (Sha256::digest(given), Sha256::digest(expected));
+    bool::from(g.as_slice().ct_eq(e.as_slice()))
+}
 
 /// Largest purge request body read.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -76,7 +86,7 @@ impl Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()))
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())))
+            .is_some_and(|t| token_matches(t.as_bytes(), expected.as_bytes()))
     }
 
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -149,7 +159,7 @@ impl Admin {
             && session.req_header().uri.query().is_some_and(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
                     .filter(|(k, _)| k == "token")
-                    .any(|(_, v)| bool::from(v.as_bytes().ct_eq(expected.as_bytes())))
+                    .any(|(_, v)| token_matches(v.as_bytes(), expected.as_bytes()))
             })
     }
 
@@ -334,6 +344,27 @@ impl BackgroundService for Readiness {
                 _ = shutdown.changed() => return,
             }
             wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::token_matches;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let t = b"s3cr3t-admin-token";
+        assert!(token_matches(t, t));
+        for wrong in [
+            &b""[..],
+            b"s3cr3t-admin-toke",
+            b"s3cr3t-admin-token ",
+            b"s3cr3t-admin-tokeN",
+            b"S3cr3t-admin-token",
+            b"s3cr3t-admin-token\0",
+        ] {
+            assert!(!token_matches(wrong, t), "{wrong:?}");
         }
     }
 }

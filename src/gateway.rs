@@ -99,7 +99,7 @@ impl Gateway {
         let subject = match ctx.principal() {
             Some(Principal::Key(id)) => Subject::Key(id),
             _ => match session.client_addr().and_then(|a| a.as_inet()) {
-                Some(addr) => Subject::Ip(addr.ip()),
+                Some(addr) => Subject::for_ip(addr.ip()),
                 None => return Ok(false),
             },
         };

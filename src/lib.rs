@@ -20,6 +20,7 @@ pub mod config;
 pub mod ctx;
 pub mod edge;
 pub mod errors;
+pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod ratelimit;

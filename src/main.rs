@@ -45,6 +45,16 @@ enum Command {
     KeyId { key: Option<String> },
 }
 
+/// Crates whose log lines may carry request headers below `info`.
+const PINGORA_TARGETS: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_cache",
+    "pingora_http",
+    "pingora_pool",
+];
+
 fn init_logging(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RASTER_EDGE_LOG")
@@ -52,6 +62,16 @@ fn init_logging(settings: &Settings) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&settings.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Pingora's debug and trace lines print whole request headers, `Authorization` included
+    // (pingora-proxy's "Sending header to upstream"), so they stay off whatever the level:
+    // API keys are never logged (docs/SECURITY.md, tests/secrets.rs).
+    let filter =
+        PINGORA_TARGETS
+            .iter()
+            .fold(filter, |f, target| match format!("{target}=info").parse() {
+                Ok(d) => f.add_directive(d),
+                Err(_) => f,
+            });
     use std::io::IsTerminal;
     // Log lines are written by a background thread: one write syscall per access-log line on
     // the request path would cost more than serving a cache hit.

@@ -288,3 +288,31 @@ async fn test_on_error_deny_refuses_while_redis_is_down() {
     assert_eq!(r.status(), 429);
     assert_eq!(mock.requests().await, 0);
 }
+
+/// Key rotation (docs/SECURITY.md, "Rate-limit evasion"): the gateway cannot tell a valid key
+/// from an invalid one without the origin, so every fresh key gets a fresh quota and its first
+/// request reaches the origin (which answers 401, never stored). One invalid key repeated is
+/// limited like any key: past its burst it gets 429 without an origin request.
+#[tokio::test]
+async fn test_rotated_keys_each_cost_one_origin_request_repeated_ones_are_limited() {
+    let mock = Mock::start();
+    // The cache on: a 401 is not stored either, so nothing answers for the origin.
+    let edge = Edge::start(&mock.url(), "[rate_limit]\nrate = 0.1\nburst = 2\n");
+    for i in 0..5 {
+        let r = get(&edge, &format!("sk-rotated-{i}"), ASSETS).await;
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.expect("envelope");
+        assert_eq!(v["error"]["code"], "INVALID_API_KEY");
+    }
+    assert_eq!(mock.requests().await, 5, "one origin request per fresh key");
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(get(&edge, "sk-rotated-0", ASSETS).await.status().as_u16());
+        }
+        v
+    };
+    // sk-rotated-0 used 1 of its burst of 2 above.
+    assert_eq!(statuses, [401, 429, 429, 429]);
+    assert_eq!(mock.requests().await, 6, "a 429 never reaches the origin");
+}

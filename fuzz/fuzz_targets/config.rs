@@ -1,37 +1,4 @@
-//! Config loading: arbitrary UTF-8 TOML through `config::parse` (layered over the embedded
-//! default, env overrides applied) and then `config::validate`. Lines `#env NAME=value` (TOML
-//! comments, so the text parses the same) become environment overrides.
+//! libFuzzer entry point; the body is `raster_edge::fuzzing::config_load::run` (see docs/FUZZING.md).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use raster_edge::config;
-
-const NOWHERE: &str = "/nonexistent/raster-edge-fuzz/secret";
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let env: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("#env "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let Ok(mut f) = config::parse(text, "fuzz", &env) else {
-        return;
-    };
-    // Secret and CA files are read by validation: point them nowhere, so an input naming
-    // /dev/zero cannot make the run read forever (the "both set" checks still run).
-    for p in [
-        &mut f.edge.api_key_file,
-        &mut f.edge.key_id_secret_file,
-        &mut f.admin.token_file,
-        &mut f.upstream.ca_file,
-    ] {
-        if p.is_some() {
-            *p = Some(NOWHERE.to_string());
-        }
-    }
-    let _ = config::validate(f);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| raster_edge::fuzzing::config_load::run(data));

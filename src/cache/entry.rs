@@ -126,6 +126,24 @@ pub(super) struct Freshness {
 }
 
 impl Freshness {
+    /// The meta pingora-cache works with: these fields and `header`.
+    pub(super) fn to_meta(&self, header: ResponseHeader) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.swr_secs,
+            self.sie_secs,
+            header,
+        );
+        if self.epoch != self.created {
+            meta.set_epoch_override(self.epoch);
+        }
+        if let Some(v) = self.variance {
+            meta.set_variance(v);
+        }
+        meta
+    }
+
     pub(super) fn of(meta: &CacheMeta) -> Self {
         Freshness {
             fresh_until: meta.fresh_until(),

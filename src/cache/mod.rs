@@ -22,6 +22,7 @@
 pub mod directives;
 pub mod entry;
 pub mod fast_path;
+pub mod fill;
 pub mod fleet;
 pub mod invalidation;
 pub mod key;
@@ -183,6 +184,7 @@ impl Cache {
             store: None,
             revalidation: None,
             upstream_delay: Duration::ZERO,
+            withheld: Vec::new(),
         })
     }
 
@@ -223,9 +225,10 @@ impl Cache {
             (!head).then_some(self.lock),
             Some(overrides),
         );
-        session
-            .cache
-            .set_max_file_size_bytes(self.settings.max_object_size);
+        // No `set_max_file_size_bytes`: pingora-proxy enforces it on a body without a length
+        // by failing the request mid-body, which with the store's streamed fills would cut off
+        // the client. A declared length over the limit is refused in `response_cache_filter`;
+        // an undeclared one is streamed whole and not stored (`storage`, `fill`).
         Ok(())
     }
 
@@ -309,6 +312,14 @@ impl Cache {
         };
         let route = p.route.and_then(|i| self.settings.routes.get(i));
         let now = SystemTime::now();
+        let declared = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.settings.max_object_size as u64) {
+            return Ok(self.refuse(p, NoStoreReason::TooLarge));
+        }
         match policy::decide(&self.settings, route, req, resp, now) {
             Ok(f) => {
                 p.store = Some(StoreDecision::Store);
@@ -329,6 +340,9 @@ impl Cache {
                 let mut header = resp.clone();
                 header.remove_header(&http::header::CONNECTION);
                 for name in &f.strip {
+                    for v in resp.headers.get_all(name.as_str()) {
+                        p.withheld.push((name.clone(), v.clone()));
+                    }
                     header.remove_header(name.as_str());
                 }
                 let mut meta = CacheMeta::new(
@@ -482,6 +496,20 @@ impl Cache {
         route_label: &'static str,
     ) -> pingora::Result<CacheStatus> {
         let outcome = self.outcome(session, ctx, fwd_status);
+        if let (Outcome::Miss { .. }, Some(p)) = (&outcome, ctx.prepared()) {
+            // This request's own fetch: its client gets the origin's response whole (unless
+            // it was served the origin's header itself, the cache having given up).
+            let missing: Vec<bool> = p
+                .withheld
+                .iter()
+                .map(|(name, _)| !resp.headers.contains_key(name.as_str()))
+                .collect();
+            for ((name, value), missing) in p.withheld.iter().zip(missing) {
+                if missing {
+                    resp.append_header(name.clone(), value.clone())?;
+                }
+            }
+        }
         if let CachePhase::Disabled(NoCacheReason::ResponseTooLarge) = session.cache.phase() {
             METRICS
                 .cache_store_rejections

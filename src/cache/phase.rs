@@ -114,6 +114,10 @@ pub struct Prepared {
     pub revalidation: Option<Box<ResponseHeader>>,
     /// Time the request spent upstream (RFC 9111 §4.2.3 `response_delay`).
     pub upstream_delay: Duration,
+    /// Fields the policy keeps out of storage (`no-cache="…"`, `private="…"`), as the origin
+    /// sent them. pingora-proxy serves a miss from the stored header (streaming fills), so the
+    /// request that fetched the response gets them back in `response_filter`.
+    pub withheld: Vec<(String, http::HeaderValue)>,
 }
 
 /// The cache's state for one request.

@@ -8,16 +8,21 @@
 //! Entries ([`super::entry`]) own compact, exact-size memory and weigh what they really cost,
 //! so `max_memory` bounds the process's memory, not just payload bytes.
 //!
-//! Miss handlers buffer the body and insert only in `finish`: a handler dropped without
-//! `finish` (aborted upstream, client gone, object over the size limit) stores nothing, and
-//! `finish` itself refuses a body shorter or longer than its `Content-Length`.
+//! A miss writes into a [`Fill`] (`super::fill`): a body readable while it arrives, by the miss
+//! itself and by every request for the same key that looks it up meanwhile (pingora-cache's
+//! streaming partial write, so a fetch outlives a client that goes away and lock waiters stream
+//! with the first client). It is inserted only in `finish`: a handler dropped without `finish`
+//! (aborted upstream) stores nothing and its readers get an error, `finish` refuses a body
+//! shorter or longer than its `Content-Length`, and a body over `max_object_size` is streamed
+//! to the readers it has but never stored.
 //!
 //! Entries leave moka by weight (TinyLFU picks the victims), by expiry (per entry: the end of
 //! its stale windows, plus a revalidation grace when it has a validator), by purge, or by
 //! replacement. Every removal is counted in `cache_evictions{cause}` and the entry/byte gauges.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::Expiry;
+use parking_lot::Mutex;
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget, PurgeType,
@@ -35,6 +41,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::entry::{Entry, Freshness};
+use super::fill::{Fill, FillReader, FillState};
 use crate::metrics::{EvictionCause, NoStoreReason, METRICS};
 
 struct EntryExpiry;
@@ -84,6 +91,12 @@ pub struct MokaStorage {
     totals: Arc<Totals>,
     max_memory: u64,
     max_object_size: usize,
+    /// Responses being stored that a lookup may join, by storage key (more than one only when
+    /// two fetches for a key run at once: lock timeout, or a key that skips the lock).
+    fills: Mutex<HashMap<HashBinary, Vec<Arc<Fill>>>>,
+    /// Fills whose own miss has not taken its reader yet (`lookup_streaming_write`), by id.
+    unclaimed: Mutex<HashMap<u64, Arc<Fill>>>,
+    next_fill: AtomicU64,
 }
 
 impl MokaStorage {
@@ -119,7 +132,26 @@ impl MokaStorage {
             totals,
             max_memory,
             max_object_size,
+            fills: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(HashMap::new()),
+            next_fill: AtomicU64::new(0),
         }
+    }
+
+    /// Takes a fill out of the lookups (stored, abandoned, oversized or purged).
+    fn detach(&self, key: &HashBinary, id: u64) {
+        let mut fills = self.fills.lock();
+        if let Some(v) = fills.get_mut(key) {
+            v.retain(|f| f.id != id);
+            if v.is_empty() {
+                fills.remove(key);
+            }
+        }
+    }
+
+    /// Responses being stored right now (gauge-like; for tests and inspection).
+    pub fn fills_in_progress(&self) -> usize {
+        self.fills.lock().values().map(Vec::len).sum()
     }
 
     /// The entry under a storage key (primary or combined hash), if any.
@@ -184,19 +216,54 @@ impl MokaStorage {
     }
 
     fn miss_handler(&'static self, key: HashBinary, meta: &CacheMeta) -> MokaMiss {
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        let fill = Arc::new(Fill::new(id, meta, 16));
+        self.fills.lock().entry(key).or_default().push(fill.clone());
+        self.unclaimed.lock().insert(id, fill.clone());
         MokaMiss {
             storage: self,
             key,
             pending: Some((Freshness::of(meta), meta.response_header_copy())),
-            // Sized up front from Content-Length (bounded by the object limit) so the body is
-            // one exact allocation instead of a doubling `Vec` with slack.
-            body: Vec::with_capacity(
-                declared_length(meta.response_header())
-                    .unwrap_or(0)
-                    .min(self.max_object_size),
-            ),
-            complete: false,
+            tag: id.to_le_bytes(),
+            fill,
         }
+    }
+}
+
+/// A reader of a response being stored.
+pub struct FillHit {
+    reader: FillReader,
+}
+
+#[async_trait]
+impl HandleHit for FillHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        self.reader.read().await
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        false
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        0
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
     }
 }
 
@@ -250,14 +317,24 @@ impl HandleHit for MokaHit {
     }
 }
 
-/// Buffers one response body; stores it only on `finish` of a complete body.
+/// Writes one response body into its [`Fill`]; stores it only on `finish` of a complete body.
 pub struct MokaMiss {
     storage: &'static MokaStorage,
     key: HashBinary,
     /// Freshness and header of the response being stored, until `finish`.
     pending: Option<(Freshness, ResponseHeader)>,
-    body: Vec<u8>,
-    complete: bool,
+    /// The fill's id, as pingora's streaming-write tag.
+    tag: [u8; 8],
+    fill: Arc<Fill>,
+}
+
+impl Drop for MokaMiss {
+    fn drop(&mut self) {
+        // Finished or not, the fill leaves the lookups; unfinished, its readers get an error.
+        self.fill.end(FillState::Failed);
+        self.storage.detach(&self.key, self.fill.id);
+        self.storage.unclaimed.lock().remove(&self.fill.id);
+    }
 }
 
 fn declared_length(h: &ResponseHeader) -> Option<usize> {
@@ -269,24 +346,37 @@ fn declared_length(h: &ResponseHeader) -> Option<usize> {
 
 #[async_trait]
 impl HandleMiss for MokaMiss {
-    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        if self.body.len() + data.len() > self.storage.max_object_size {
-            // pingora-cache enforces the size limit too; refusing here keeps memory bounded
-            // whatever path writes.
-            return Error::e_explain(ErrorType::InternalError, "object over max_object_size");
-        }
-        self.body.extend_from_slice(&data);
-        if eof {
-            self.complete = true;
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        // Past max_object_size the body is still streamed to the readers it has (the client
+        // that fetched it among them) but never stored, so no new reader may join.
+        if self.fill.push(data, self.storage.max_object_size)? {
+            self.storage.detach(&self.key, self.fill.id);
         }
         Ok(())
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.tag)
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let Some((fresh, mut header)) = self.pending.take() else {
             return Error::e_explain(ErrorType::InternalError, "miss handler finished twice");
         };
-        let len = self.body.len();
+        let len = self.fill.written();
+        let oversized = self.fill.is_oversized();
+        if oversized || self.fill.is_discarded() {
+            // Every reader gets its end; nothing is stored. Not an error: pingora-proxy would
+            // disable the cache and cut off the readers still streaming this body.
+            self.fill.end(FillState::Complete);
+            if oversized {
+                METRICS
+                    .cache_store_rejections
+                    .with_label_values(&[NoStoreReason::TooLarge.as_str()])
+                    .inc();
+            }
+            return Ok(MissFinishType::Created(0));
+        }
         if let Some(declared) = declared_length(&header) {
             if declared != len {
                 // A truncated (or overlong) body must never become a cached answer.
@@ -306,16 +396,14 @@ impl HandleMiss for MokaMiss {
         if !matches!(header.status.as_u16(), 204 | 304) {
             header.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         }
-        let body = std::mem::take(&mut self.body);
-        let body = if body.capacity() == body.len() {
-            Bytes::from(body)
-        } else {
-            // `Bytes::from(Vec)` keeps the spare capacity; a copy drops it.
-            Bytes::copy_from_slice(&body)
+        // One exact allocation, not the read buffers the chunks may be slices of.
+        let Some(body) = self.fill.whole_body() else {
+            return Error::e_explain(ErrorType::InternalError, "fill lost its chunks");
         };
         let entry = Entry::with_header(&fresh, &header, body)?;
-        let _ = self.complete;
+        // Stored before the fill leaves the lookups (on drop), so a lookup always finds one.
         self.storage.insert(self.key, entry);
+        self.fill.end(FillState::Complete);
         Ok(MissFinishType::Created(len))
     }
 }
@@ -337,10 +425,41 @@ impl Storage for MokaStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        Ok(self.store.get(&key.combined_bin()).map(|e| {
+        let k = key.combined_bin();
+        // A response being stored wins over a stored one: it is the newer (a refill of an
+        // expired entry), and reading it is what coalesces requests onto one fetch.
+        let joining = self
+            .fills
+            .lock()
+            .get(&k)
+            .and_then(|v| v.iter().find_map(|f| Some((f.meta(), f.reader()?))));
+        if let Some((meta, reader)) = joining {
+            let hit: HitHandler = Box::new(FillHit { reader });
+            return Ok(Some((meta, hit)));
+        }
+        Ok(self.store.get(&k).map(|e| {
             let hit: HitHandler = Box::new(MokaHit::new(e.body.clone()));
             (e.to_meta(), hit)
         }))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        _key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let id = streaming_write_tag
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_le_bytes);
+        let fill = id.and_then(|id| self.unclaimed.lock().remove(&id));
+        let Some(reader) = fill.as_ref().and_then(|f| f.reader()) else {
+            // pingora-cache panics on `None` here; an error fails this one request instead.
+            return Error::e_explain(ErrorType::InternalError, "no fill for this miss");
+        };
+        let meta = fill.map(|f| f.meta());
+        let hit: HitHandler = Box::new(FillHit { reader });
+        Ok(meta.map(|m| (m, hit)))
     }
 
     async fn get_miss_handler(
@@ -359,6 +478,12 @@ impl Storage for MokaStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key: &CompactCacheKey = target.key();
+        // A response being stored when the purge came may predate what the purge is for:
+        // nobody new joins it, and it is not stored.
+        let purged_fills = self.fills.lock().remove(&key.combined_bin());
+        for f in purged_fills.into_iter().flatten() {
+            f.discard();
+        }
         Ok(if self.remove(&key.combined_bin()) {
             PurgeOutcome::Purged(None)
         } else {
@@ -379,6 +504,10 @@ impl Storage for MokaStorage {
         };
         self.insert(k, Entry::new(meta, old.body.clone())?);
         Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -450,21 +579,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_body_is_refused() {
-        let s = leak(MokaStorage::new(1 << 20, 8));
-        let key = CacheKey::new(b"k".to_vec(), "");
-        let trace = pingora::cache::trace::Span::inactive().handle();
-        let mut miss = s
-            .get_miss_handler(&key, &meta(20, 10), &trace)
-            .await
-            .unwrap();
-        assert!(miss
-            .write_body(Bytes::from(vec![0u8; 20]), true)
-            .await
-            .is_err());
-    }
-
-    #[tokio::test]
     async fn bytes_stay_within_bound_under_churn() {
         let bound = 64 * 1024;
         let s = leak(MokaStorage::new(bound, 1 << 16));
@@ -487,6 +601,190 @@ mod tests {
         }
         s.run_pending_tasks();
         assert!(s.entries() > 0);
+    }
+
+    async fn read_all(hit: &mut HitHandler) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_lookup_during_a_miss_reads_the_growing_body_then_the_entry_is_stored() {
+        let s = leak(MokaStorage::new(1 << 20, 1 << 16));
+        let key = CacheKey::new(b"k".to_vec(), "");
+        let trace = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = s
+            .get_miss_handler(&key, &meta(4, 10), &trace)
+            .await
+            .unwrap();
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &trace)
+            .await
+            .unwrap()
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"ab"), false)
+            .await
+            .unwrap();
+        let (m, mut joined) = s.lookup(&key, &trace).await.unwrap().unwrap();
+        assert!(m.is_fresh(SystemTime::now()));
+        assert_eq!(joined.read_body().await.unwrap().unwrap(), "ab");
+        assert_eq!(s.fills_in_progress(), 1);
+        miss.write_body(Bytes::from_static(b"cd"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        assert_eq!(read_all(&mut joined).await.unwrap(), b"cd");
+        assert_eq!(read_all(&mut own).await.unwrap(), b"abcd");
+        assert_eq!(s.fills_in_progress(), 0);
+        let (_, mut hit) = s.lookup(&key, &trace).await.unwrap().unwrap();
+        assert!(
+            hit.as_any().downcast_ref::<MokaHit>().is_some(),
+            "the stored entry"
+        );
+        assert_eq!(read_all(&mut hit).await.unwrap(), b"abcd");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_miss_fails_its_readers_and_stores_nothing() {
+        let s = leak(MokaStorage::new(1 << 20, 1 << 16));
+        let key = CacheKey::new(b"k".to_vec(), "");
+        let trace = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = s
+            .get_miss_handler(&key, &meta(4, 10), &trace)
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"ab"), false)
+            .await
+            .unwrap();
+        let (_, mut joined) = s.lookup(&key, &trace).await.unwrap().unwrap();
+        drop(miss);
+        assert_eq!(joined.read_body().await.unwrap().unwrap(), "ab");
+        assert!(joined.read_body().await.is_err(), "an error, not an end");
+        assert!(s.lookup(&key, &trace).await.unwrap().is_none());
+        assert_eq!(s.fills_in_progress(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_purge_during_a_miss_keeps_it_from_being_stored() {
+        let s = leak(MokaStorage::new(1 << 20, 1 << 16));
+        let key = CacheKey::new(b"k".to_vec(), "");
+        let trace = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = s
+            .get_miss_handler(&key, &meta(2, 10), &trace)
+            .await
+            .unwrap();
+        let (_, mut joined) = s.lookup(&key, &trace).await.unwrap().unwrap();
+        let compact = key.to_compact();
+        s.purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &trace,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.fills_in_progress(), 0, "nobody new joins it");
+        miss.write_body(Bytes::from_static(b"ok"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        assert_eq!(
+            read_all(&mut joined).await.unwrap(),
+            b"ok",
+            "its readers get it whole"
+        );
+        assert!(
+            s.lookup(&key, &trace).await.unwrap().is_none(),
+            "not stored"
+        );
+    }
+
+    /// A body of unknown length over `max_object_size`: its readers get all of it, nothing is
+    /// stored, and no lookup joins it once it is over.
+    #[tokio::test]
+    async fn an_oversized_body_is_streamed_to_its_readers_and_not_stored() {
+        let s = leak(MokaStorage::new(1 << 20, 8));
+        let key = CacheKey::new(b"k".to_vec(), "");
+        let trace = pingora::cache::trace::Span::inactive().handle();
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("transfer-encoding", "chunked").unwrap();
+        let now = SystemTime::now();
+        let m = CacheMeta::new(now + Duration::from_secs(10), now, 0, 0, h);
+        let mut miss = s.get_miss_handler(&key, &m, &trace).await.unwrap();
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &trace)
+            .await
+            .unwrap()
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"0123456"), false)
+            .await
+            .unwrap();
+        assert_eq!(own.read_body().await.unwrap().unwrap(), "0123456");
+        miss.write_body(Bytes::from_static(b"789ab"), false)
+            .await
+            .unwrap();
+        assert!(
+            s.lookup(&key, &trace).await.unwrap().is_none(),
+            "no one joins"
+        );
+        miss.write_body(Bytes::from_static(b"c"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        assert_eq!(read_all(&mut own).await.unwrap(), b"789abc");
+        assert!(
+            s.lookup(&key, &trace).await.unwrap().is_none(),
+            "not stored"
+        );
+    }
+
+    /// moka's TinyLFU admission: a scan of one-off misses (a client walking query strings)
+    /// does not push out entries that are read often; the newcomers lose to them instead.
+    #[tokio::test]
+    async fn a_scan_of_one_off_entries_does_not_evict_hot_ones() {
+        let bound = 256 * 1024;
+        let s = leak(MokaStorage::new(bound, 1 << 16));
+        let store = |i: u32| async move {
+            let trace = pingora::cache::trace::Span::inactive().handle();
+            let key = CacheKey::new(i.to_le_bytes().to_vec(), "");
+            let mut miss = s
+                .get_miss_handler(&key, &meta(1000, 60), &trace)
+                .await
+                .unwrap();
+            miss.write_body(Bytes::from(vec![1u8; 1000]), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+            key.combined_bin()
+        };
+        // Over half full (moka counts frequencies from then on), with room for the hot ones.
+        for i in 1000..1080u32 {
+            store(i).await;
+        }
+        assert!(
+            s.bytes() > bound as i64 / 2 && s.bytes() < bound as i64 * 3 / 4,
+            "{}",
+            s.bytes()
+        );
+        let mut hot = Vec::new();
+        for i in 0..10u32 {
+            hot.push(store(i).await);
+        }
+        for _ in 0..20 {
+            for k in &hot {
+                assert!(s.get(k).is_some());
+            }
+            s.run_pending_tasks();
+        }
+        for i in 100_000..101_000u32 {
+            store(i).await;
+        }
+        s.run_pending_tasks();
+        let kept = hot.iter().filter(|k| s.get(k).is_some()).count();
+        assert_eq!(kept, hot.len(), "hot entries evicted by a scan");
+        assert!(s.bytes() <= bound as i64);
     }
 
     #[tokio::test]

@@ -64,7 +64,7 @@ pub struct UpstreamFile {
     pub retries: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct EdgeFile {
     /// Reject requests without `Authorization: Bearer …` (401 UNAUTHENTICATED).
     pub require_auth: bool,
@@ -178,7 +178,7 @@ pub struct RedisFile {
     pub invalidation: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct AdminFile {
     pub token: Option<String>,
     pub token_file: Option<String>,
@@ -190,4 +190,34 @@ pub struct LogFile {
     /// tracing filter, e.g. `info` or `raster_edge=debug`.
     pub level: String,
     pub access_log: bool,
+}
+
+/// `Some("<redacted>")` for a secret that is set: a `{:?}` of the file format must not print
+/// one, as the validated settings' `Debug` does not.
+fn redacted(v: &Option<String>) -> Option<&'static str> {
+    v.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for EdgeFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeFile")
+            .field("require_auth", &self.require_auth)
+            .field("require_api_version", &self.require_api_version)
+            .field("anonymous", &self.anonymous)
+            .field("api_version", &self.api_version)
+            .field("api_key", &redacted(&self.api_key))
+            .field("api_key_file", &self.api_key_file)
+            .field("key_id_secret", &redacted(&self.key_id_secret))
+            .field("key_id_secret_file", &self.key_id_secret_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminFile")
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }

@@ -397,6 +397,19 @@ mod tests {
             !dump.contains("sk-live-123") && !dump.contains("hush") && !dump.contains("\"tok\""),
             "{dump}"
         );
+        // The file format, before validation, too.
+        let f = parse(
+            "[edge]\napi_key = \"sk-live-123\"\nkey_id_secret = \"hush\"\n[admin]\ntoken = \"tok\"\n",
+            "test",
+            &[],
+        )
+        .unwrap();
+        let dump = format!("{f:?}");
+        assert!(dump.contains("<redacted>"), "{dump}");
+        assert!(
+            !dump.contains("sk-live-123") && !dump.contains("hush") && !dump.contains("\"tok\""),
+            "{dump}"
+        );
     }
 
     #[test]

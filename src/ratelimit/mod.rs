@@ -61,6 +61,25 @@ pub enum Subject {
     Ip(IpAddr),
 }
 
+impl Subject {
+    /// The subject for a client address: an IPv4 address as it is (an IPv4-mapped IPv6
+    /// address as the IPv4 one), an IPv6 address by its /64 prefix. One IPv6 client usually
+    /// holds a whole /64 (RFC 6177 end-site assignments), so counting single addresses would
+    /// let it take 2^64 fresh quotas by rotating the interface identifier.
+    pub fn for_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Subject::Ip(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Subject::Ip(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Subject::Ip(IpAddr::V6(std::net::Ipv6Addr::from(prefix)))
+                }
+            },
+        }
+    }
+}
+
 /// One rate-limit decision.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -481,5 +500,37 @@ mod tests {
         assert!(rl.fallback_active());
         // The local fallback limits.
         assert!(!rl.check(who).await.allowed);
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::Subject;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_prefix() {
+        let a = Subject::for_ip(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"));
+        let b = Subject::for_ip(ip("2001:db8:1:2::1"));
+        let other = Subject::for_ip(ip("2001:db8:1:3::1"));
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a, Subject::Ip(ip("2001:db8:1:2::")));
+    }
+
+    #[test]
+    fn ipv4_and_mapped_ipv4_are_one_subject_per_address() {
+        assert_eq!(
+            Subject::for_ip(ip("::ffff:192.0.2.7")),
+            Subject::for_ip(ip("192.0.2.7"))
+        );
+        assert_ne!(
+            Subject::for_ip(ip("192.0.2.7")),
+            Subject::for_ip(ip("192.0.2.8"))
+        );
     }
 }
