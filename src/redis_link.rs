@@ -46,16 +46,121 @@ impl LinkError {
     }
 }
 
-struct Inner {
+/// A `ConnectionManager` (which reconnects by itself once it exists) made in the background on
+/// first use: callers wait for it within their own timeout, and a Redis that is down at start
+/// costs no request more than that timeout. Shared by the rate limiter's backend and
+/// [`RedisLink`].
+pub struct Connector {
+    inner: Arc<ConnectorInner>,
+}
+
+struct ConnectorInner {
     client: redis::Client,
     config: ConnectionManagerConfig,
     conn: OnceLock<ConnectionManager>,
     connecting: AtomicBool,
     ready: tokio::sync::Notify,
+    /// What the connection is for, in the log line that says it is up.
+    purpose: &'static str,
+}
+
+/// There is no tokio runtime to run the connector on.
+#[derive(Debug)]
+pub struct NoRuntime;
+
+/// Resets `connecting` if the connector task ends without a connection (runtime shut down).
+struct ConnectingGuard(Arc<ConnectorInner>);
+
+impl Drop for ConnectingGuard {
+    fn drop(&mut self) {
+        if self.0.conn.get().is_none() {
+            self.0.connecting.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Connector {
+    /// The connection settings every Redis user here shares, bounded by `timeout`.
+    pub fn new(client: redis::Client, timeout: Duration, purpose: &'static str) -> Self {
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(500)
+            .set_connection_timeout(timeout.max(Duration::from_millis(500)))
+            .set_response_timeout(timeout.max(Duration::from_millis(500)));
+        Self {
+            inner: Arc::new(ConnectorInner {
+                client,
+                config,
+                conn: OnceLock::new(),
+                connecting: AtomicBool::new(false),
+                ready: tokio::sync::Notify::new(),
+                purpose,
+            }),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.get().is_some()
+    }
+
+    /// The connection, waiting (within the caller's timeout) for the background connector.
+    pub async fn get(&self) -> Result<ConnectionManager, NoRuntime> {
+        if let Some(c) = self.inner.conn.get() {
+            return Ok(c.clone());
+        }
+        self.start()?;
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.inner.conn.get() {
+                return Ok(c.clone());
+            }
+            notified.await;
+        }
+    }
+
+    fn start(&self) -> Result<(), NoRuntime> {
+        if self.inner.connecting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.connecting.store(false, Ordering::Release);
+            return Err(NoRuntime);
+        };
+        let guard = ConnectingGuard(self.inner.clone());
+        handle.spawn(async move {
+            let inner = &guard.0;
+            loop {
+                match ConnectionManager::new_with_config(inner.client.clone(), inner.config.clone())
+                    .await
+                {
+                    Ok(c) => {
+                        let _ = inner.conn.set(c);
+                        inner.ready.notify_waiters();
+                        tracing::info!(purpose = inner.purpose, "connected to redis");
+                        return;
+                    }
+                    Err(e) => {
+                        METRICS
+                            .redis_errors
+                            .with_label_values(&[
+                                RedisOp::Connect.as_str(),
+                                RedisErrorKind::of(&e).as_str(),
+                            ])
+                            .inc();
+                        tracing::warn!(error = %e, "redis connection failed; retrying");
+                        tokio::time::sleep(CONNECT_RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 pub struct RedisLink {
-    inner: Arc<Inner>,
+    connector: Connector,
     op: RedisOp,
     timeout: Duration,
     base: Instant,
@@ -67,19 +172,8 @@ impl RedisLink {
     /// Parses the URL; does not connect (that happens in the background on first use).
     pub fn new(settings: &RedisSettings, op: RedisOp) -> anyhow::Result<Self> {
         let timeout = settings.timeout.max(Duration::from_millis(1));
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(500)
-            .set_connection_timeout(timeout.max(Duration::from_millis(500)))
-            .set_response_timeout(timeout.max(Duration::from_millis(500)));
         Ok(Self {
-            inner: Arc::new(Inner {
-                client: client(settings)?,
-                config,
-                conn: OnceLock::new(),
-                connecting: AtomicBool::new(false),
-                ready: tokio::sync::Notify::new(),
-            }),
+            connector: Connector::new(client(settings)?, timeout, op.as_str()),
             op,
             timeout,
             base: Instant::now(),
@@ -142,54 +236,9 @@ impl RedisLink {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, LinkError> {
-        if let Some(c) = self.inner.conn.get() {
-            return Ok(c.clone());
-        }
-        self.start_connector()?;
-        loop {
-            let notified = self.inner.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(c) = self.inner.conn.get() {
-                return Ok(c.clone());
-            }
-            notified.await;
-        }
-    }
-
-    fn start_connector(&self) -> Result<(), LinkError> {
-        if self.inner.connecting.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.inner.connecting.store(false, Ordering::Release);
-            return Err(LinkError::NoRuntime);
-        };
-        let inner = self.inner.clone();
-        handle.spawn(async move {
-            loop {
-                match ConnectionManager::new_with_config(inner.client.clone(), inner.config.clone())
-                    .await
-                {
-                    Ok(c) => {
-                        let _ = inner.conn.set(c);
-                        inner.ready.notify_waiters();
-                        return;
-                    }
-                    Err(e) => {
-                        METRICS
-                            .redis_errors
-                            .with_label_values(&[
-                                RedisOp::Connect.as_str(),
-                                RedisErrorKind::of(&e).as_str(),
-                            ])
-                            .inc();
-                        tracing::warn!(error = %e, "redis connection failed; retrying");
-                        tokio::time::sleep(CONNECT_RETRY).await;
-                    }
-                }
-            }
-        });
-        Ok(())
+        self.connector
+            .get()
+            .await
+            .map_err(|NoRuntime| LinkError::NoRuntime)
     }
 }

@@ -13,18 +13,17 @@
 //! itself; after a failure Redis is skipped for a short, growing backoff (100 ms … 1 s) so an
 //! outage does not cost every request a timeout.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::Notify;
 
 use super::gcra::{Outcome, Quota};
 use super::Subject;
 use crate::config::RedisSettings;
 use crate::metrics::{RedisErrorKind, RedisOp, METRICS};
+use crate::redis_link::{Connector, NoRuntime};
 
 /// The GCRA step. KEYS[1] = subject key; ARGV[1] = emission interval, ARGV[2] = tolerance
 /// (both µs). Returns `{allowed (0|1), TAT - now (µs)}` with the TAT after the decision.
@@ -51,8 +50,6 @@ return {1, new_tat - now}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Pause between two failed attempts of the background connector.
-const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisLimitError {
@@ -81,27 +78,8 @@ impl RedisLimitError {
     }
 }
 
-struct Inner {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    conn: OnceLock<ConnectionManager>,
-    connecting: AtomicBool,
-    ready: Notify,
-}
-
-/// Resets `connecting` if the connector task ends without a connection (runtime shut down).
-struct ConnectingGuard(Arc<Inner>);
-
-impl Drop for ConnectingGuard {
-    fn drop(&mut self) {
-        if self.0.conn.get().is_none() {
-            self.0.connecting.store(false, Ordering::Release);
-        }
-    }
-}
-
 pub struct RedisBackend {
-    inner: Arc<Inner>,
+    connector: Connector,
     script: Script,
     prefix: String,
     timeout: Duration,
@@ -116,19 +94,8 @@ impl RedisBackend {
     pub fn new(settings: &RedisSettings) -> Result<RedisBackend, RedisLimitError> {
         let client = redis::Client::open(settings.url.as_str())?;
         let timeout = settings.timeout.max(Duration::from_millis(1));
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(500)
-            .set_connection_timeout(timeout.max(Duration::from_millis(500)))
-            .set_response_timeout(timeout.max(Duration::from_millis(500)));
         Ok(RedisBackend {
-            inner: Arc::new(Inner {
-                client,
-                config,
-                conn: OnceLock::new(),
-                connecting: AtomicBool::new(false),
-                ready: Notify::new(),
-            }),
+            connector: Connector::new(client, timeout, "rate limiting"),
             script: Script::new(GCRA_LUA),
             prefix: settings.key_prefix.clone(),
             timeout,
@@ -145,7 +112,7 @@ impl RedisBackend {
 
     /// True once the connection is established and Redis is not being skipped after a failure.
     pub fn connected(&self) -> bool {
-        self.inner.conn.get().is_some() && !self.in_backoff()
+        self.connector.is_connected() && !self.in_backoff()
     }
 
     /// True while Redis is being skipped after a failure.
@@ -209,60 +176,10 @@ impl RedisBackend {
 
     /// The connection, waiting (within the caller's timeout) for the background connector.
     async fn connection(&self) -> Result<ConnectionManager, RedisLimitError> {
-        if let Some(c) = self.inner.conn.get() {
-            return Ok(c.clone());
-        }
-        self.start_connector()?;
-        loop {
-            let notified = self.inner.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(c) = self.inner.conn.get() {
-                return Ok(c.clone());
-            }
-            notified.await;
-        }
-    }
-
-    fn start_connector(&self) -> Result<(), RedisLimitError> {
-        if self.inner.connecting.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let handle = match tokio::runtime::Handle::try_current() {
-            Ok(h) => h,
-            Err(_) => {
-                self.inner.connecting.store(false, Ordering::Release);
-                return Err(RedisLimitError::NoRuntime);
-            }
-        };
-        let guard = ConnectingGuard(self.inner.clone());
-        handle.spawn(async move {
-            let inner = &guard.0;
-            loop {
-                match ConnectionManager::new_with_config(inner.client.clone(), inner.config.clone())
-                    .await
-                {
-                    Ok(c) => {
-                        let _ = inner.conn.set(c);
-                        inner.ready.notify_waiters();
-                        tracing::info!("connected to redis for rate limiting");
-                        return;
-                    }
-                    Err(e) => {
-                        METRICS
-                            .redis_errors
-                            .with_label_values(&[
-                                RedisOp::Connect.as_str(),
-                                RedisErrorKind::of(&e).as_str(),
-                            ])
-                            .inc();
-                        tracing::warn!(error = %e, "redis connection failed; retrying");
-                        tokio::time::sleep(CONNECT_RETRY).await;
-                    }
-                }
-            }
-        });
-        Ok(())
+        self.connector
+            .get()
+            .await
+            .map_err(|NoRuntime| RedisLimitError::NoRuntime)
     }
 }
 
