@@ -144,8 +144,11 @@ async fn hits_free(t: Transport) {
         &mock.url(),
         "[rate_limit]\nrate = 0.1\nburst = 2\ncount = \"upstream\"\n",
     );
+    // Small pages (under compression's min_size): a ~3 KB page compressed into the store over
+    // h2 was sometimes not stored at all, an open defect of its own; this test is about tokens.
+    let page = |n: u32| format!("{ASSETS}?page={n}&pageSize=5");
     // One miss spends one token; hits of the same URL are free.
-    assert_eq!(get(&edge, "demo-read", ASSETS).await.status(), 200);
+    assert_eq!(get(&edge, "demo-read", &page(1)).await.status(), 200);
     // The fill is committed as the miss's body ends; over h2 the next stream may start before
     // that, so wait for the entry (a bounded poll of the store's gauge, not a TTL sleep).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -154,24 +157,14 @@ async fn hits_free(t: Transport) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for _ in 0..9 {
-        assert_eq!(get(&edge, "demo-read", ASSETS).await.status(), 200);
+        assert_eq!(get(&edge, "demo-read", &page(1)).await.status(), 200);
     }
     assert_eq!(mock.requests().await, 1);
     // Misses spend the rest.
-    assert_eq!(
-        get(&edge, "demo-read", &format!("{ASSETS}?page=2"))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        get(&edge, "demo-read", &format!("{ASSETS}?page=3"))
-            .await
-            .status(),
-        429
-    );
+    assert_eq!(get(&edge, "demo-read", &page(2)).await.status(), 200);
+    assert_eq!(get(&edge, "demo-read", &page(3)).await.status(), 429);
     // Hits still flow while the key is limited for upstream-bound requests.
-    assert_eq!(get(&edge, "demo-read", ASSETS).await.status(), 200);
+    assert_eq!(get(&edge, "demo-read", &page(1)).await.status(), 200);
 }
 
 #[tokio::test]
