@@ -159,13 +159,60 @@ impl Connector {
     }
 }
 
+/// After a failed call Redis is skipped for a short, growing while (100 ms, doubling, at most
+/// 1 s), so an outage costs each request one cheap check instead of a timeout. Shared by the
+/// rate limiter's backend and [`RedisLink`].
+pub struct Backoff {
+    base: Instant,
+    /// Skip Redis until this many ns after `base` (0: no backoff).
+    skip_until: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            skip_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Backoff {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// True while Redis is being skipped after a failure.
+    pub fn active(&self) -> bool {
+        let until = self.skip_until.load(Ordering::Acquire);
+        until != 0 && self.now_ns() < until
+    }
+
+    /// A call succeeded: the next one goes straight through.
+    pub fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.skip_until.store(0, Ordering::Release);
+        }
+    }
+
+    /// A call failed: Redis is skipped for the returned while.
+    pub fn failed(&self) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
+        let until = self.now_ns() + u64::try_from(backoff.as_nanos()).unwrap_or(0);
+        self.skip_until.store(until.max(1), Ordering::Release);
+        backoff
+    }
+}
+
 pub struct RedisLink {
     connector: Connector,
     op: RedisOp,
     timeout: Duration,
-    base: Instant,
-    skip_until: AtomicU64,
-    failures: AtomicU32,
+    backoff: Backoff,
 }
 
 impl RedisLink {
@@ -176,9 +223,7 @@ impl RedisLink {
             connector: Connector::new(client(settings)?, timeout, op.as_str()),
             op,
             timeout,
-            base: Instant::now(),
-            skip_until: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
+            backoff: Backoff::default(),
         })
     }
 
@@ -186,13 +231,8 @@ impl RedisLink {
         self.timeout
     }
 
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
-    }
-
     pub fn in_backoff(&self) -> bool {
-        let until = self.skip_until.load(Ordering::Acquire);
-        until != 0 && self.now_ns() < until
+        self.backoff.active()
     }
 
     /// Runs `f` on the connection within `redis.timeout`. Failures are counted and start the
@@ -214,21 +254,13 @@ impl RedisLink {
             Err(_) => Err(LinkError::Timeout),
         };
         match &result {
-            Ok(_) => {
-                if self.failures.load(Ordering::Relaxed) != 0 {
-                    self.failures.store(0, Ordering::Relaxed);
-                    self.skip_until.store(0, Ordering::Release);
-                }
-            }
+            Ok(_) => self.backoff.succeeded(),
             Err(e) => {
                 METRICS
                     .redis_errors
                     .with_label_values(&[self.op.as_str(), e.kind().as_str()])
                     .inc();
-                let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
-                let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
-                let until = self.now_ns() + u64::try_from(backoff.as_nanos()).unwrap_or(0);
-                self.skip_until.store(until.max(1), Ordering::Release);
+                let backoff = self.backoff.failed();
                 tracing::debug!(error = %e, ?backoff, op = self.op.as_str(), "redis call failed");
             }
         }

@@ -13,8 +13,7 @@
 //! itself; after a failure Redis is skipped for a short, growing backoff (100 ms … 1 s) so an
 //! outage does not cost every request a timeout.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -23,7 +22,7 @@ use super::gcra::{Outcome, Quota};
 use super::Subject;
 use crate::config::RedisSettings;
 use crate::metrics::{RedisErrorKind, RedisOp, METRICS};
-use crate::redis_link::{Connector, NoRuntime};
+use crate::redis_link::{Backoff, Connector, NoRuntime};
 
 /// The GCRA step. KEYS[1] = subject key; ARGV[1] = emission interval, ARGV[2] = tolerance
 /// (both µs). Returns `{allowed (0|1), TAT - now (µs)}` with the TAT after the decision.
@@ -47,9 +46,6 @@ local ttl_ms = math.min(math.floor((new_tat - now) / 1000) + 1, 2592000000)
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
 return {1, new_tat - now}
 "#;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisLimitError {
@@ -83,10 +79,7 @@ pub struct RedisBackend {
     script: Script,
     prefix: String,
     timeout: Duration,
-    base: Instant,
-    /// Skip Redis until this many ns after `base` (0: no backoff).
-    skip_until: AtomicU64,
-    failures: AtomicU32,
+    backoff: Backoff,
 }
 
 impl RedisBackend {
@@ -99,9 +92,7 @@ impl RedisBackend {
             script: Script::new(GCRA_LUA),
             prefix: settings.key_prefix.clone(),
             timeout,
-            base: Instant::now(),
-            skip_until: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
+            backoff: Backoff::default(),
         })
     }
 
@@ -117,12 +108,7 @@ impl RedisBackend {
 
     /// True while Redis is being skipped after a failure.
     pub fn in_backoff(&self) -> bool {
-        let until = self.skip_until.load(Ordering::Acquire);
-        until != 0 && self.now_ns() < until
-    }
-
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+        self.backoff.active()
     }
 
     /// One decision for `subject` under `quota` (microsecond ticks). Errors are already counted
@@ -140,21 +126,13 @@ impl RedisBackend {
             Err(_) => Err(RedisLimitError::Timeout),
         };
         match &result {
-            Ok(_) => {
-                if self.failures.load(Ordering::Relaxed) != 0 {
-                    self.failures.store(0, Ordering::Relaxed);
-                    self.skip_until.store(0, Ordering::Release);
-                }
-            }
+            Ok(_) => self.backoff.succeeded(),
             Err(e) => {
                 METRICS
                     .redis_errors
                     .with_label_values(&[RedisOp::RateLimit.as_str(), e.kind().as_str()])
                     .inc();
-                let n = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
-                let backoff = BACKOFF_MIN.saturating_mul(1 << n).min(BACKOFF_MAX);
-                let until = self.now_ns() + u64::try_from(backoff.as_nanos()).unwrap_or(0);
-                self.skip_until.store(until.max(1), Ordering::Release);
+                let backoff = self.backoff.failed();
                 tracing::debug!(error = %e, ?backoff, "redis rate limit failed; using the fallback");
             }
         }
